@@ -1,0 +1,138 @@
+"""Training images: any folder of photos (Visual Genome's VG_100K*/ included) and style images."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def find_images(roots: Sequence[Path], exclude: Sequence[Path] = ()) -> list[Path]:
+    """All image files under `roots` (recursively, symlinks followed), minus those under `exclude`."""
+    excluded = [Path(e).resolve() for e in exclude]
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"image folder {root} does not exist; run `make data`")
+        for p in root.rglob("*"):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                rp = p.resolve()
+                if not any(rp.is_relative_to(e) for e in excluded):
+                    found.add(p)
+    return sorted(found)
+
+
+def visual_genome_images(root: Path) -> list[Path]:
+    """Images of the real Visual Genome layout: <root>/VG_100K/*.jpg and <root>/VG_100K_2/*.jpg."""
+    dirs = [root / "VG_100K", root / "VG_100K_2"]
+    present = [d for d in dirs if d.is_dir()]
+    if not present:
+        raise FileNotFoundError(f"no VG_100K/ or VG_100K_2/ under {root}")
+    return find_images(present)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any image as RGB (greyscale, palette, CMYK, alpha all converted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+        img.load()
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    return v2.functional.to_dtype(v2.functional.pil_to_tensor(img), torch.float32, scale=True)
+
+
+class PhotoDataset(Dataset):
+    """Random resized crops of photos; unreadable files are skipped with a warning and counted."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        if not paths:
+            raise ValueError("no training images found")
+        self.paths = list(paths)
+        self.unreadable: set[Path] = set()
+        self.transform = v2.Compose(
+            [v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            if path in self.unreadable:
+                continue
+            try:
+                return self.transform(to_tensor(load_rgb(path)))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                self.unreadable.add(path)
+                log.warning("skipping unreadable image %s: %s", path, e)
+        raise RuntimeError("every training image is unreadable")
+
+
+@dataclass
+class StyleImage:
+    path: Path
+    weight: float = 1.0
+
+
+def parse_style_spec(spec: str, styles_dir: Path) -> list[StyleImage]:
+    """'kandinsky' | 'a.jpg:0.7,b.jpg:0.3' | 'starrynight:1,kanagawa:1' -> weighted style images.
+
+    A bare name is looked up as <styles_dir>/<name>.(jpg|png|...). Weights must be
+    positive; they are normalised to sum to 1.
+    """
+    items: list[StyleImage] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.rpartition(":") if ":" in part else (part, "", "1")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise ValueError(f"style weight {weight!r} in {spec!r} is not a number") from None
+        if w <= 0:
+            raise ValueError(f"style weights must be positive, got {w} for {name!r}")
+        items.append(StyleImage(resolve_style_path(name, styles_dir), w))
+    if not items:
+        raise ValueError("empty style specification")
+    total = sum(i.weight for i in items)
+    return [StyleImage(i.path, i.weight / total) for i in items]
+
+
+def resolve_style_path(name: str, styles_dir: Path) -> Path:
+    p = Path(name)
+    if p.suffix.lower() in IMAGE_SUFFIXES and p.exists():
+        return p
+    for suffix in sorted(IMAGE_SUFFIXES):
+        candidate = styles_dir / f"{name}{suffix}"
+        if candidate.exists():
+            return candidate
+    known = sorted(q.stem for q in styles_dir.glob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+    raise FileNotFoundError(
+        f"style {name!r} not found in {styles_dir}; known styles: {', '.join(known) or 'none (run make data)'}"
+    )
+
+
+def load_style_tensor(path: Path, max_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1], downscaled so the longer side is at most `max_side`."""
+    img = load_rgb(path)
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+    return to_tensor(img).unsqueeze(0)

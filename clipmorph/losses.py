@@ -1,0 +1,78 @@
+"""Perceptual losses (Johnson et al. 2016) and the noise-based temporal loss.
+
+All images are RGB in [0, 1]. Gram matrices are normalised by C*H*W so that
+style weights do not depend on the crop size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clipmorph.vgg import VGGFeatures
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, C), normalised by C*H*W."""
+    n, c, h, w = features.shape
+    f = features.reshape(n, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def content_loss(output_feat: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output_feat, content_feat)
+
+
+def style_loss(output_grams: dict[str, torch.Tensor], style_grams: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of the MSE between Gram matrices (style grams broadcast over the batch)."""
+    total = torch.zeros((), device=next(iter(output_grams.values())).device)
+    for layer, g in output_grams.items():
+        total = total + F.mse_loss(g, style_grams[layer].expand_as(g))
+    return total
+
+
+def tv_loss(img: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels."""
+    dh = (img[..., 1:, :] - img[..., :-1, :]).abs().mean()
+    dw = (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
+    return dh + dw
+
+
+def add_noise(
+    x: torch.Tensor, amplitude: float, density: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """x plus uniform noise in [-amplitude, amplitude] on a random `density` fraction of pixels, clamped to [0, 1].
+
+    The mask is per pixel (shared by the channels), like sensor noise and
+    compression artefacts that differ between two frames of a static scene.
+    """
+    n, _, h, w = x.shape
+    mask = (torch.rand(n, 1, h, w, device=x.device, generator=generator) < density).to(x.dtype)
+    noise = (torch.rand(x.shape, device=x.device, generator=generator) * 2 - 1) * amplitude
+    return (x + noise * mask).clamp(0.0, 1.0)
+
+
+def temporal_noise_loss(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    output: torch.Tensor,
+    amplitude: float,
+    density: float,
+) -> torch.Tensor:
+    """de Berker & Rainy: stylize x and x+noise, penalise the difference of the outputs."""
+    return F.mse_loss(model(add_noise(x, amplitude, density)), output)
+
+
+def multiscale_grams(
+    vgg: VGGFeatures, img: torch.Tensor, layers: Sequence[str], scales: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Gram matrices at several image scales, keyed 'relu2_1@0.5' etc."""
+    grams: dict[str, torch.Tensor] = {}
+    for scale in scales:
+        scaled = img if scale == 1 else F.interpolate(img, scale_factor=scale, mode="bilinear", antialias=True)
+        feats = vgg(scaled, layers)
+        for layer in layers:
+            grams[f"{layer}@{scale:g}"] = gram(feats[layer])
+    return grams

@@ -1,0 +1,200 @@
+"""The stylizer: a small U-Net (and the Johnson TransformerNet as a preset).
+
+Layout (Johnson et al. 2016, with skips added):
+    3 down convs -> 5 residual blocks (10 convs) -> 3 up convs
+Encoder features are added to the decoder at matching resolutions, so detail
+lost by down-sampling comes back. Up-sampling is nearest-neighbour + conv
+(transposed convs leave checkerboard artefacts). Any input size works: the
+input is reflection-padded to the network's stride and the output cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    channels: tuple[int, int, int] = (32, 64, 128)
+    kernels: tuple[int, int, int] = (9, 3, 3)  # encoder kernels; the decoder mirrors them
+    strides: tuple[int, int, int] = (1, 2, 2)
+    res_blocks: int = 5
+    skips: bool = True
+
+    @property
+    def stride(self) -> int:
+        total = 1
+        for s in self.strides:
+            total *= s
+        return total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        return cls(
+            channels=tuple(d["channels"]),
+            kernels=tuple(d["kernels"]),
+            strides=tuple(d["strides"]),
+            res_blocks=int(d["res_blocks"]),
+            skips=bool(d["skips"]),
+        )
+
+
+PRESETS: dict[str, NetConfig] = {
+    # Johnson-sized widths with skips; 7x7 outer convs keep it no slower than `johnson`.
+    "standard": NetConfig(channels=(32, 64, 128), kernels=(7, 3, 3), strides=(1, 2, 2)),
+    # Every down conv halves the resolution, so the residual blocks run at 1/8 scale:
+    # cheap enough for real-time CPU inference at 640x360.
+    "fast": NetConfig(channels=(16, 32, 64), kernels=(3, 3, 3), strides=(2, 2, 2)),
+    # pytorch/examples fast_neural_style TransformerNet: the baseline every benchmark compares with.
+    "johnson": NetConfig(channels=(32, 64, 128), kernels=(9, 3, 3), strides=(1, 2, 2), skips=False),
+}
+
+
+class TemporalInstanceNorm(nn.InstanceNorm2d):
+    """Instance norm whose statistics can be smoothed across consecutive frames.
+
+    Per-frame statistics make the same object look different as the rest of the
+    frame changes: visible flicker. With `smoothing` > 0, the mean/variance of
+    frame t become an exponential moving average over frames <= t (batch order
+    is frame order; state carries over between batches until `reset()`).
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, affine=True)
+        self.smoothing = 0.0
+        self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        self._state = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smoothing <= 0.0:
+            return super().forward(x)
+        var, mean = torch.var_mean(x.float(), dim=(2, 3), unbiased=False, keepdim=True)
+        means, vars_ = [], []
+        prev = self._state
+        for i in range(x.shape[0]):
+            m, v = mean[i : i + 1], var[i : i + 1]
+            if prev is not None:
+                m = self.smoothing * prev[0] + (1 - self.smoothing) * m
+                v = self.smoothing * prev[1] + (1 - self.smoothing) * v
+            prev = (m, v)
+            means.append(m)
+            vars_.append(v)
+        self._state = (prev[0].detach(), prev[1].detach())
+        mean, var = torch.cat(means), torch.cat(vars_)
+        y = (x.float() - mean) / torch.sqrt(var + self.eps)
+        y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
+class ConvLayer(nn.Sequential):
+    """Reflection pad + conv (+ optional nearest up-sampling before it)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: int = 1) -> None:
+        layers: list[nn.Module] = []
+        if upsample > 1:
+            layers.append(nn.Upsample(scale_factor=upsample, mode="nearest"))
+        layers += [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        super().__init__(*layers)
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: int = 1) -> None:
+        super().__init__(
+            ConvLayer(cin, cout, kernel, stride, upsample), TemporalInstanceNorm(cout), nn.ReLU(inplace=True)
+        )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvLayer(channels, channels, 3),
+            TemporalInstanceNorm(channels),
+            nn.ReLU(inplace=True),
+            ConvLayer(channels, channels, 3),
+            TemporalInstanceNorm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Stylizer(nn.Module):
+    """Maps an RGB batch in [0, 1] (N, 3, H, W) to a stylized batch of the same shape."""
+
+    def __init__(self, config: NetConfig = PRESETS["standard"]) -> None:
+        super().__init__()
+        self.config = config
+        c, k, s = config.channels, config.kernels, config.strides
+        self.down1 = ConvNormReLU(3, c[0], k[0], s[0])
+        self.down2 = ConvNormReLU(c[0], c[1], k[1], s[1])
+        self.down3 = ConvNormReLU(c[1], c[2], k[2], s[2])
+        self.res = nn.Sequential(*[ResidualBlock(c[2]) for _ in range(config.res_blocks)])
+        self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2])
+        self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1])
+        self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.config.stride)
+        e1 = self.down1(x)
+        e2 = self.down2(e1)
+        y = self.res(self.down3(e2))
+        y = self.up1(y)
+        if self.config.skips:
+            y = y + e2
+        y = self.up2(y)
+        if self.config.skips:
+            y = y + e1
+        return self.up3(y)[..., :h, :w]
+
+    def norms(self) -> list[TemporalInstanceNorm]:
+        return [m for m in self.modules() if isinstance(m, TemporalInstanceNorm)]
+
+    def set_norm_smoothing(self, smoothing: float) -> None:
+        """Smooth instance-norm statistics across frames (0 = per-frame, the training behaviour)."""
+        for m in self.norms():
+            m.smoothing = smoothing
+            m.reset()
+
+    def reset_temporal_state(self) -> None:
+        for m in self.norms():
+            m.reset()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right so H and W are multiples of `multiple` (reflect; replicate if too small)."""
+    h, w = x.shape[-2:]
+    # At least two cells at the bottleneck, so its reflection padding is defined.
+    ph = max((-h) % multiple, 2 * multiple - h)
+    pw = max((-w) % multiple, 2 * multiple - w)
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def build(preset_or_config: str | NetConfig | dict) -> Stylizer:
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ValueError(f"unknown preset {preset_or_config!r}; choose from {sorted(PRESETS)}")
+        return Stylizer(PRESETS[preset_or_config])
+    if isinstance(preset_or_config, dict):
+        return Stylizer(NetConfig.from_dict(preset_or_config))
+    return Stylizer(preset_or_config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["PRESETS", "NetConfig", "Stylizer", "build", "count_parameters", "pad_to_multiple"]

@@ -1,0 +1,104 @@
+"""Every path, URL and limit clipmorph uses, in one place.
+
+Values come from `CLIPMORPH_*` environment variables (or a `.env` file) and
+fall back to embedded defaults that make a fresh clone work with no servers:
+a local SQLite MLflow registry, a local Redis, W&B offline.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPMORPH_", env_file=".env", extra="ignore")
+
+    # Where things live on disk. Relative paths are resolved against the repo root.
+    data_dir: Path = Field(REPO_ROOT / "data", description="Linked or downloaded datasets, styles, weights.")
+    assets_dir: Path = Field(
+        REPO_ROOT.parent / "shared" / "assets",
+        description="Offline mirror of everything `make data` would otherwise download.",
+    )
+    var_dir: Path = Field(REPO_ROOT / "var", description="Runtime state: registry, jobs, logs, pids.")
+    runs_dir: Path = Field(REPO_ROOT / "runs", description="Training checkpoints and validation renders.")
+    builtin_models_dir: Path = Field(REPO_ROOT / "models", description="Models shipped with the repo.")
+    style_manifest: Path = Field(REPO_ROOT / "training_data" / "styles.json")
+
+    # Services.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "clipmorph"
+    mlflow_tracking_uri: str | None = Field(None, description="Defaults to sqlite:///<var_dir>/mlflow.db when unset.")
+    mlflow_artifact_root: Path | None = Field(None, description="Defaults to <var_dir>/mlartifacts.")
+    mlflow_experiment: str = "clipmorph"
+    wandb_mode: str = "offline"
+    wandb_project: str = "clipmorph"
+
+    # Downloads (used only when the offline mirror is absent).
+    vgg19_url: str = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+    visual_genome_urls: list[str] = [
+        "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip",
+        "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip",
+    ]
+
+    # Serving.
+    api_token: SecretStr | None = None
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_image_upload_bytes: int = 32 * 1024 * 1024
+    job_ttl_seconds: int = 24 * 3600
+    # Per-frame budget used to size RQ job timeouts; CPU stylization of big frames is slow.
+    job_seconds_per_frame: float = 2.0
+    job_min_timeout_seconds: int = 300
+
+    # Video / image limits.
+    max_video_side: int = 4096
+    max_image_pixels: int = 60_000_000
+    tile_pixels: int = 1024 * 1024
+    champion_alias: str = "champion"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.var_dir / "jobs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.var_dir / "logs"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.var_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.mlflow_artifact_root or self.var_dir / "mlartifacts").resolve()
+
+    @property
+    def vgg_weights_path(self) -> Path:
+        """The first VGG-19 weights file present in the data dir (offline normalised net first)."""
+        weights = self.data_dir / "weights"
+        for name in ("vgg19_normalised_to_relu3_1.pth", "vgg19-dcbb9e9d.pth"):
+            if (weights / name).exists():
+                return weights / name
+        return weights / "vgg19_normalised_to_relu3_1.pth"
+
+    @property
+    def styles_dir(self) -> Path:
+        return self.data_dir / "styles"
+
+    @property
+    def photos_dir(self) -> Path:
+        return self.data_dir / "photos"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.data_dir / "videos"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,351 @@
+"""Train a feed-forward stylizer for one style, log the run, register the model.
+
+Read top to bottom: config -> data -> networks -> loop -> save/register.
+Every field of TrainConfig can be overridden from the CLI (`clipmorph train
+--set iters=800 --set style_weight=2e5`) or from `make train ITERS=800`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from clipmorph import losses
+from clipmorph.artifact import ModelInfo, save_model, sha256_file
+from clipmorph.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.network import PRESETS, Stylizer
+from clipmorph.settings import get_settings
+from clipmorph.vgg import load_vgg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    style: str = "kandinsky"  # a style name, an image path, or 'a:0.5,b:0.5' to blend
+    name: str = ""  # registered as clipmorph-<name>; defaults to the style spec
+    preset: str = "fast"
+    iters: int = 1200
+    batch_size: int = 4
+    size: int = 192  # training crop side
+    style_size: int = 384  # longer side of the style image
+    lr: float = 2e-3
+    content_weight: float = 1.0
+    style_weight: float = 5e4
+    tv_weight: float = 1e-2
+    temporal_weight: float = 50.0
+    noise_amplitude: float = 0.1
+    noise_density: float = 0.5
+    content_layer: str = "relu2_2"
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
+    style_scales: tuple[float, ...] = (1.0, 0.5)
+    seed: int = 0
+    checkpoint_every: int = 100
+    val_every: int = 200
+    val_images: int = 4
+    workers: int = 1
+    device: str = "auto"
+    train_dirs: tuple[str, ...] = ()  # default: <data>/photos minus the validation folder
+    val_dir: str = ""  # default: <data>/photos/coco128_val2017
+    run_dir: str = ""  # default: <runs>/<name>
+    register: bool = True
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        self.name = self.name or self.style.replace(",", "+").replace(":", "-")
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, str]) -> TrainConfig:
+        """Build from 'key=value' strings, converting each value to the field's type."""
+        types = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, raw in overrides.items():
+            if key not in types:
+                raise ValueError(f"unknown training option {key!r}; options: {', '.join(sorted(types))}")
+            default = types[key].default
+            if isinstance(default, bool):
+                kwargs[key] = raw.lower() in {"1", "true", "yes", "on"}
+            elif isinstance(default, tuple):
+                kwargs[key] = tuple(type(default[0])(v) if default else v for v in raw.split(",") if v)
+            else:
+                kwargs[key] = type(default)(raw)
+        return cls(**kwargs)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Weighted mean of each style image's multi-scale Gram matrices."""
+    images = parse_style_spec(cfg.style, get_settings().styles_dir)
+    target: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for item in images:
+            img = load_style_tensor(item.path, cfg.style_size).to(device)
+            for key, g in losses.multiscale_grams(vgg, img, cfg.style_layers, cfg.style_scales).items():
+                target[key] = target.get(key, 0) + item.weight * g
+    described = [{"name": i.path.stem, "sha256": sha256_file(i.path), "weight": i.weight} for i in images]
+    return target, described
+
+
+def validation_batch(cfg: TrainConfig, paths: list[Path]) -> torch.Tensor:
+    """The first few validation photos, centre-cropped to the training size."""
+    from torchvision.transforms import v2
+
+    crop = v2.Compose([v2.Resize(cfg.size, antialias=True), v2.CenterCrop(cfg.size)])
+    return torch.stack([crop(to_tensor(load_rgb(p))) for p in paths[: cfg.val_images]])
+
+
+def contact_sheet(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Inputs on the top row, outputs below: (3, 2H, N*W)."""
+    top = torch.cat(list(inputs), dim=2)
+    bottom = torch.cat(list(outputs.clamp(0, 1)), dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def save_png(img: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(img, str(path))
+
+
+class Checkpoint:
+    """Model + optimiser + step + RNG, saved atomically; loads with weights_only=True."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, model, optimizer, step: int, cfg: TrainConfig, elapsed: float) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "rng": torch.get_rng_state(),
+            "config": json.dumps(asdict(cfg)),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, model, optimizer) -> tuple[int, float]:
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"]), float(state.get("elapsed", 0.0))
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    run_id: str | None
+    version: str | None
+    registered_name: str | None
+    losses: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    settings = get_settings()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cuda = device.type == "cuda"
+
+    # Data.
+    photos = settings.photos_dir
+    val_dir = Path(cfg.val_dir) if cfg.val_dir else photos / "coco128_val2017"
+    train_roots = [Path(d) for d in cfg.train_dirs] or [photos]
+    train_paths = find_images(train_roots, exclude=[val_dir])
+    val_paths = find_images([val_dir]) if val_dir.exists() else train_paths
+    dataset = PhotoDataset(train_paths, cfg.size)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=cfg.iters * cfg.batch_size)
+    loader = DataLoader(
+        dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+        persistent_workers=cfg.workers > 0, pin_memory=cuda,
+    )  # fmt: skip
+
+    # Networks.
+    vgg = load_vgg(settings.vgg_weights_path).to(device)
+    vgg.check([cfg.content_layer, *cfg.style_layers])
+    model = Stylizer(PRESETS[cfg.preset]).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    style_grams, style_desc = style_targets(cfg, vgg, device)
+    val_batch = validation_batch(cfg, val_paths).to(device)
+
+    ckpt = Checkpoint(run_dir / "checkpoint.pt")
+    step, elapsed = ckpt.load(model, optimizer) if ckpt.path.exists() else (0, 0.0)
+    if step:
+        log.info("resuming %s from step %d", run_dir, step)
+        # Skip the batches already seen so the data order matches an uninterrupted run.
+        sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.iters - step) * cfg.batch_size)
+        loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+
+    loggers = RunLoggers.start(cfg, run_dir, resume=step > 0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    layers = sorted({cfg.content_layer, *cfg.style_layers})
+    terms: dict[str, float] = {}
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(total=cfg.iters, initial=step, desc=f"train {cfg.name}", unit="it", dynamic_ncols=True)
+    model.train()
+    for x in loader:
+        x = x.to(device, non_blocking=True)
+        if cuda:
+            x = x.to(memory_format=torch.channels_last)
+        with autocast:
+            y = model(x)
+            with torch.no_grad():
+                content_target = vgg(x, [cfg.content_layer])[cfg.content_layer]
+            feats = vgg(y, layers)
+            out_grams = {f"{layer}@1": losses.gram(feats[layer].float()) for layer in cfg.style_layers}
+            for scale in cfg.style_scales:
+                if scale != 1:
+                    small = torch.nn.functional.interpolate(y, scale_factor=scale, mode="bilinear", antialias=True)
+                    sf = vgg(small, cfg.style_layers)
+                    out_grams |= {f"{layer}@{scale:g}": losses.gram(sf[layer].float()) for layer in cfg.style_layers}
+            c = losses.content_loss(feats[cfg.content_layer].float(), content_target.float())
+            s = losses.style_loss(out_grams, style_grams)
+            tv = losses.tv_loss(y.float())
+            tmp = (
+                losses.temporal_noise_loss(model, x, y, cfg.noise_amplitude, cfg.noise_density)
+                if cfg.temporal_weight > 0
+                else torch.zeros((), device=device)
+            )
+            total = cfg.content_weight * c + cfg.style_weight * s + cfg.tv_weight * tv + cfg.temporal_weight * tmp
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        step += 1
+
+        terms = {
+            "loss": total.item(),
+            "content": (cfg.content_weight * c).item(),
+            "style": (cfg.style_weight * s).item(),
+            "tv": (cfg.tv_weight * tv).item(),
+            "temporal": (cfg.temporal_weight * tmp).item(),
+        }
+        seconds = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(
+            {k: f"{v:.3g}" for k, v in terms.items()}
+            | {"img/s": f"{cfg.batch_size / max(bar.format_dict['elapsed'] / max(bar.n - bar.initial, 1), 1e-9):.1f}"}
+        )
+        loggers.log_metrics(terms | {"seconds": seconds}, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.iters:
+            ckpt.save(model, optimizer, step, cfg, seconds)
+        if step % cfg.val_every == 0 or step == cfg.iters:
+            loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
+        if step >= cfg.iters:
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+
+    info = ModelInfo(
+        net=PRESETS[cfg.preset],
+        style={"spec": cfg.style, "name": cfg.name, "images": style_desc},
+        train=asdict(cfg) | {"final_losses": terms, "seconds": round(seconds, 1), "steps": step,
+                             "vgg": Path(settings.vgg_weights_path).name,
+                             "unreadable_images": len(dataset.unreadable)},
+    )  # fmt: skip
+    model_dir = save_model(model, info, run_dir / "model")
+    ckpt.path.unlink(missing_ok=True)  # finished: the next `make train` starts a new run
+    result = TrainResult(model_dir, None, None, None, terms, seconds)
+    loggers.finish_model(model_dir, result, cfg)
+    return result
+
+
+def render_validation(model: Stylizer, batch: torch.Tensor, path: Path) -> Path:
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        out = model(batch)
+        model.train(was_training)
+    save_png(contact_sheet(batch.cpu(), out.float().cpu()), path)
+    return path
+
+
+class RunLoggers:
+    """W&B (offline by default) and MLflow, side by side; either may be switched off."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, wandb_run, mlflow_run_id: str | None) -> None:
+        self.cfg, self.run_dir, self.wandb_run, self.run_id = cfg, run_dir, wandb_run, mlflow_run_id
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, run_dir: Path, resume: bool) -> RunLoggers:
+        import mlflow
+
+        from clipmorph import registry
+
+        settings = get_settings()
+        # On resume, continue the same W&B and MLflow runs instead of starting new ones.
+        ids_file = run_dir / "run_ids.json"
+        ids = json.loads(ids_file.read_text()) if resume and ids_file.exists() else {}
+        wandb_run = None
+        mode = os.environ.get("WANDB_MODE", settings.wandb_mode)
+        if mode != "disabled":
+            import wandb
+
+            settings.var_dir.mkdir(parents=True, exist_ok=True)
+            wandb_run = wandb.init(
+                project=settings.wandb_project, name=cfg.name, config=asdict(cfg), mode=mode,
+                dir=str(settings.var_dir), resume="allow", id=ids.get("wandb"),
+            )  # fmt: skip
+            ids["wandb"] = wandb_run.id
+        registry.configure(settings)
+        run = mlflow.start_run(run_id=ids.get("mlflow"), run_name=cfg.name)
+        ids["mlflow"] = run.info.run_id
+        ids_file.write_text(json.dumps(ids))
+        if not resume:
+            mlflow.log_params({k: str(v) for k, v in asdict(cfg).items()})
+        return cls(cfg, run_dir, wandb_run, run.info.run_id)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+        if step % 10 == 0 or step == self.cfg.iters:
+            mlflow.log_metrics(metrics, step=step)
+
+    def log_validation(self, path: Path, step: int) -> None:
+        import mlflow
+
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({"validation": wandb.Image(str(path))}, step=step)
+        mlflow.log_artifact(str(path), "validation")
+
+    def finish_model(self, model_dir: Path, result: TrainResult, cfg: TrainConfig) -> None:
+        import mlflow
+
+        from clipmorph import registry
+
+        mlflow.log_metrics({f"final_{k}": v for k, v in result.losses.items()} | {"train_seconds": result.seconds})
+        result.run_id = self.run_id
+        if cfg.register:
+            client = registry.configure()
+            mv = registry.register_model_dir(client, model_dir, cfg.name, self.run_id)
+            result.version, result.registered_name = str(mv.version), mv.name
+        mlflow.end_run()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

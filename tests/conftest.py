@@ -1,0 +1,86 @@
+"""Shared fixtures: isolated settings, a real redis-server, a real MLflow SQLite registry."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from clipmorph.settings import REPO_ROOT, get_settings
+
+ASSETS = Path(get_settings().assets_dir)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The offline mirror (../shared/assets); the suite needs it, as CI has it beside the clone."""
+    if not (ASSETS / "README.md").exists():
+        pytest.fail(f"offline assets not found at {ASSETS}")
+    return ASSETS
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch, assets):
+    """Settings pointing every piece of runtime state into a temp dir (fresh registry, jobs, runs)."""
+    var = tmp_path / "var"
+    monkeypatch.setenv("CLIPMORPH_VAR_DIR", str(var))
+    monkeypatch.setenv("CLIPMORPH_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CLIPMORPH_DATA_DIR", str(REPO_ROOT / "data"))
+    monkeypatch.setenv("CLIPMORPH_ASSETS_DIR", str(assets))
+    monkeypatch.delenv("CLIPMORPH_MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CLIPMORPH_API_TOKEN", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server for the whole test session, on a free port, with no persistence."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
