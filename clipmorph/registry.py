@@ -130,3 +130,34 @@ def resolve(ref: str | Path, client: MlflowClient | None = None) -> ResolvedMode
         downloaded.rename(cache)
         shutil.rmtree(tmp, ignore_errors=True)
     return ResolvedModel(cache, mv.name, str(mv.version))
+
+
+def builtin_model_dirs(settings: Settings | None = None) -> dict[str, Path]:
+    """Models shipped in the repo: <builtin_models_dir>/<style>/{config.json,model.safetensors}."""
+    root = (settings or get_settings()).builtin_models_dir
+    return {p.parent.name: p.parent for p in sorted(root.glob(f"*/{CONFIG}"))}
+
+
+def register_builtins(client: MlflowClient | None = None, only_if_missing: bool = True) -> list[ModelVersion]:
+    """Register each built-in model whose registered model has no versions yet; make it champion.
+
+    The metrics recorded when the model was trained and evaluated (config.json's
+    `train.final_losses` and `metrics`) are logged on its run, so the promotion
+    gate has numbers to compare later versions with.
+    """
+    client = client or configure()
+    registered = []
+    for style, folder in builtin_model_dirs().items():
+        name = registered_name(style)
+        if only_if_missing and client.search_model_versions(f"name='{name}'"):
+            continue
+        info = read_info(folder)
+        with mlflow.start_run(run_name=f"builtin-{style}", tags={"clipmorph.builtin": "true"}) as run:
+            mlflow.log_params({k: str(v) for k, v in info.train.items() if not isinstance(v, dict)})
+            metrics = info.train.get("metrics", {})
+            if metrics:
+                mlflow.log_metrics(metrics)
+        mv = register_model_dir(client, folder, style, run.info.run_id)
+        client.set_registered_model_alias(name, get_settings().champion_alias, mv.version)
+        registered.append(mv)
+    return registered

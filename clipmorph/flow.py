@@ -1,0 +1,72 @@
+"""Optical flow, warping and the temporal warping error (Lai et al. 2018).
+
+Flow comes from OpenCV's DIS (no learned weights). Images are float32 HxWx3 in
+[0, 1] (numpy) unless said otherwise. `flow(a, b)` maps each pixel of `a` to its
+position in `b`: a[y, x] ~ b[y + f[..., 1], x + f[..., 0]].
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    u8 = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return cv2.cvtColor(u8, cv2.COLOR_RGB2GRAY) if u8.ndim == 3 else u8
+
+
+_DIS: dict[int, cv2.DISOpticalFlow] = {}
+
+
+def flow(a: np.ndarray, b: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
+    """Dense flow from frame a to frame b, HxWx2 float32 (dx, dy)."""
+    if preset not in _DIS:
+        _DIS[preset] = cv2.DISOpticalFlow_create(preset)
+    return _DIS[preset].calc(_gray(a), _gray(b), None)
+
+
+def warp(img: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Sample `img` at (x, y) + f: with f = flow(a, b), warp(b, f) lines b up with a."""
+    h, w = f.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(img, grid_x + f[..., 0], grid_y + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def visible_mask(fwd: np.ndarray, bwd: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
+    """Forward-backward consistency (Sundaram et al. 2010): True where a pixel of `a` is seen in `b`.
+
+    fwd = flow(a, b), bwd = flow(b, a). A pixel is occluded when going there and
+    back does not return close to where it started, or when it leaves the frame.
+    """
+    h, w = fwd.shape[:2]
+    bwd_at_target = warp(bwd, fwd)
+    round_trip = fwd + bwd_at_target
+    err = (round_trip**2).sum(-1)
+    tolerance = alpha * ((fwd**2).sum(-1) + (bwd_at_target**2).sum(-1)) + beta
+    grid_x, grid_y = np.meshgrid(np.arange(w), np.arange(h))
+    tx, ty = grid_x + fwd[..., 0], grid_y + fwd[..., 1]
+    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    return (err <= tolerance) & inside
+
+
+def pair_warping_error(in_a: np.ndarray, in_b: np.ndarray, out_a: np.ndarray, out_b: np.ndarray) -> float:
+    """Masked MSE between out_a and out_b warped onto a, with flow and occlusions from the inputs."""
+    fwd, bwd = flow(in_a, in_b), flow(in_b, in_a)
+    mask = visible_mask(fwd, bwd)
+    if not mask.any():
+        return 0.0
+    diff = (out_a.astype(np.float32) - warp(out_b.astype(np.float32), fwd)) ** 2
+    return float(diff[mask].mean())
+
+
+def warping_error(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    """Mean over consecutive pairs of the occlusion-masked warping error of `outputs`.
+
+    Flow is always computed on `inputs`, so passing inputs as outputs gives the
+    input's own error (the baseline a stylized video is compared with).
+    """
+    if len(inputs) != len(outputs) or len(inputs) < 2:
+        raise ValueError("need the same number (>= 2) of input and output frames")
+    errors = [pair_warping_error(inputs[t], inputs[t + 1], outputs[t], outputs[t + 1]) for t in range(len(inputs) - 1)]
+    return float(np.mean(errors))
