@@ -1,0 +1,700 @@
+// clipmorph web page: upload a video or image, pick a style, follow the job, watch and compare the result.
+// Plain browser JavaScript, no build step; talks to the /v1 REST API of the same server.
+"use strict";
+
+const TOKEN_KEY = "clipmorph.apiToken";
+const POLL_MS = 1000;
+const IMAGE_PREVIEW_DELAY_MS = 400;
+const TERMINAL = new Set(["finished", "failed", "cancelled", "canceled", "stopped"]);
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  mode: "video",
+  file: null,
+  styles: [],
+  run: 0, // increases on every submission so stale callbacks can tell they are stale
+  xhr: null,
+  statusUrl: null,
+  objectUrls: [],
+  previewUrls: [],
+  imageTimer: null,
+};
+
+// ---------- API access ----------
+
+class ApiError extends Error {
+  constructor(status, detail, context) {
+    super(explain(status, detail, context));
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function authHeaders() {
+  const t = token();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+// Relative to the page, so the UI also works behind a reverse proxy that adds a path prefix.
+function apiUrl(path) {
+  return new URL(path, document.baseURI).href;
+}
+
+async function errorFromResponse(res, context) {
+  let detail = null;
+  try {
+    const text = await res.text();
+    try {
+      detail = JSON.parse(text).detail ?? text;
+    } catch {
+      detail = text;
+    }
+  } catch {
+    // body unreadable: the status alone has to do
+  }
+  return new ApiError(res.status, detail, context);
+}
+
+async function getJson(url, context) {
+  let res;
+  try {
+    res = await fetch(url, { headers: { ...authHeaders(), Accept: "application/json" }, cache: "no-store" });
+  } catch {
+    throw new ApiError(0, null, context);
+  }
+  if (!res.ok) throw await errorFromResponse(res, context);
+  return res.json();
+}
+
+// <video src> and <img src> cannot send an Authorization header, so protected media is fetched as a blob.
+async function getBlob(url, context) {
+  let res;
+  try {
+    res = await fetch(url, { headers: authHeaders(), cache: "no-store" });
+  } catch {
+    throw new ApiError(0, null, context);
+  }
+  if (!res.ok) throw await errorFromResponse(res, context);
+  return res.blob();
+}
+
+// XMLHttpRequest rather than fetch: only XHR reports upload progress.
+function postForm(url, form, { onProgress, responseType = "text" } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    state.xhr = xhr;
+    xhr.open("POST", url);
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+    xhr.responseType = responseType;
+    if (onProgress) xhr.upload.addEventListener("progress", (e) => onProgress(e.loaded, e.lengthComputable ? e.total : 0));
+    xhr.addEventListener("load", () => resolve(xhr));
+    xhr.addEventListener("error", () => reject(new ApiError(0, null, "upload")));
+    xhr.addEventListener("abort", () => reject(new DOMException("cancelled", "AbortError")));
+    xhr.send(form);
+  }).finally(() => {
+    state.xhr = null;
+  });
+}
+
+async function xhrError(xhr, context) {
+  let text = "";
+  if (xhr.responseType === "blob" && xhr.response) text = await xhr.response.text();
+  else if (xhr.responseType === "" || xhr.responseType === "text") text = xhr.responseText;
+  let detail = text;
+  try {
+    detail = JSON.parse(text).detail ?? text;
+  } catch {
+    // not JSON: keep the text
+  }
+  return new ApiError(xhr.status, detail, context);
+}
+
+// ---------- Turning API errors into sentences ----------
+
+function detailText(detail) {
+  if (detail == null || detail === "") return "";
+  if (typeof detail === "string") return detail.length > 300 ? `${detail.slice(0, 300)}…` : detail;
+  if (Array.isArray(detail)) {
+    // FastAPI validation errors: [{loc: ["body", "style"], msg: "..."}]
+    return detail
+      .map((d) => (d && d.msg ? `${(d.loc || []).filter((x) => x !== "body").join(".") || "request"}: ${d.msg}` : JSON.stringify(d)))
+      .join("; ");
+  }
+  if (typeof detail === "object" && detail.message) return String(detail.message);
+  return JSON.stringify(detail);
+}
+
+function formatBytes(n) {
+  if (!Number.isFinite(n) || n <= 0) return "";
+  const units = ["bytes", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i += 1;
+  }
+  return `${n >= 10 || i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+}
+
+function kind() {
+  return state.mode === "image" ? "image" : "video";
+}
+
+function explain(status, detail, context) {
+  const d = detailText(detail);
+  const lower = d.toLowerCase();
+  const what = kind();
+  if (status === 0) {
+    return context === "upload"
+      ? `The upload was interrupted before the server answered. If the ${what} is very large the server may have refused it; otherwise check your connection and try again.`
+      : "Couldn't reach the server. Check that it is running and that your connection works, then try again.";
+  }
+  if (status === 401 || status === 403) {
+    return token()
+      ? "The server didn't accept your API token. Check the token in the “API token” panel at the top and try again."
+      : "This server needs an API token. Open the “API token” panel at the top, paste your token, and try again.";
+  }
+  if (status === 413) {
+    const size = state.file ? ` (${formatBytes(state.file.size)})` : "";
+    return `That file${size} is too large for this server. Try a shorter clip, a smaller file, or a lower resolution.`;
+  }
+  if (status === 415 || /not a video|not an image|decode|unsupported|invalid data|no video stream|cannot (open|read)|could not (open|read)|unidentified|corrupt/.test(lower)) {
+    return what === "video"
+      ? "That file doesn't look like a video the server can read. Try an MP4, WebM or MOV file."
+      : "That file doesn't look like an image the server can read. Try a JPEG, PNG or WebP file.";
+  }
+  if ((status === 404 || status === 400 || status === 422) && /style|model/.test(lower)) {
+    return `The chosen style isn't available on this server any more. Reload the page and pick another style. (${d})`;
+  }
+  if (status === 404 && context === "job") {
+    return "The server no longer knows this job; it may have expired. Please submit the file again.";
+  }
+  if (status === 404 && context === "result") {
+    return "The result is not available; it may have expired. Please submit the file again.";
+  }
+  if (status === 400 || status === 422) {
+    return d ? `The server couldn't use these settings: ${d}` : "The server couldn't use these settings.";
+  }
+  if (status === 429 || status === 503) {
+    return "The server is busy right now. Please wait a minute and try again.";
+  }
+  if (status >= 500) {
+    return `The server ran into a problem (error ${status}). Please try again later.${d ? ` (${d})` : ""}`;
+  }
+  return `The server answered with error ${status}.${d ? ` ${d}` : ""}`;
+}
+
+// ---------- Small view helpers ----------
+
+function showError(err) {
+  if (err && err.name === "AbortError") return;
+  const box = $("error");
+  box.textContent = err instanceof Error ? err.message : String(err);
+  box.hidden = false;
+  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) $("token-panel").open = true;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function setBusy(busy) {
+  $("submit").disabled = busy;
+  $("cancel").hidden = !busy;
+}
+
+function trackUrl(blobOrFile) {
+  const url = URL.createObjectURL(blobOrFile);
+  state.objectUrls.push(url);
+  return url;
+}
+
+function releaseUrls() {
+  for (const url of state.objectUrls) URL.revokeObjectURL(url);
+  state.objectUrls = [];
+}
+
+function formatDuration(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${s % 60} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function fileStem(name) {
+  return (name || "clip").replace(/\.[^.]+$/, "") || "clip";
+}
+
+function extensionFor(blob, fallback) {
+  const sub = (blob.type || "").split("/")[1] || "";
+  const ext = { jpeg: "jpg", quicktime: "mov", "x-matroska": "mkv" }[sub] || sub.replace(/[^a-z0-9]/g, "");
+  return ext || fallback;
+}
+
+// ---------- Token ----------
+
+function renderTokenState() {
+  $("token-state").textContent = token() ? "(set for this tab)" : "(none set)";
+}
+
+function initToken() {
+  $("token").value = token();
+  renderTokenState();
+  $("token").addEventListener("change", () => {
+    const value = $("token").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    renderTokenState();
+    clearError();
+    loadStyles();
+  });
+  $("token-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("token").value = "";
+    renderTokenState();
+    loadStyles();
+  });
+}
+
+// ---------- Styles ----------
+
+// The models listing is read tolerantly: a list or {models: [...]}, with the champion's fields
+// either at the top level of each entry or under `champion`.
+function normalizeStyle(entry) {
+  const champion = entry.champion || {};
+  const style = entry.style || entry.name || champion.style;
+  return {
+    style: String(style || "").replace(/^clipmorph-/, ""),
+    version: champion.version ?? entry.version ?? null,
+    previewUrl: entry.preview_url || champion.preview_url || null,
+    metrics: champion.metrics || entry.metrics || {},
+    description: entry.description || "",
+  };
+}
+
+function metricsSummary(metrics) {
+  const entries = Object.entries(metrics || {}).filter(([, v]) => typeof v === "number");
+  return entries
+    .slice(0, 3)
+    .map(([k, v]) => `${k.replace(/_/g, " ")} ${Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)}`)
+    .join(", ");
+}
+
+async function loadPreview(img, url) {
+  try {
+    const blob = await getBlob(apiUrl(url), "preview");
+    const objectUrl = URL.createObjectURL(blob);
+    state.previewUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch {
+    img.closest(".style-thumb").classList.add("no-preview");
+  }
+}
+
+function renderStyles() {
+  const list = $("style-list");
+  const previous = (document.querySelector('input[name="style"]:checked') || {}).value;
+  list.replaceChildren();
+  for (const s of state.styles) {
+    const card = document.createElement("label");
+    card.className = "style-card";
+    const input = document.createElement("input");
+    input.type = "radio";
+    input.name = "style";
+    input.value = s.style;
+    const thumb = document.createElement("span");
+    thumb.className = "style-thumb";
+    thumb.dataset.initial = s.style.slice(0, 1).toUpperCase();
+    const img = document.createElement("img");
+    img.alt = "";
+    img.width = 160;
+    img.height = 120;
+    thumb.append(img);
+    if (s.previewUrl) loadPreview(img, s.previewUrl);
+    else thumb.classList.add("no-preview");
+    const name = document.createElement("span");
+    name.className = "style-name";
+    name.textContent = s.style;
+    const meta = document.createElement("span");
+    meta.className = "style-meta muted";
+    const metrics = metricsSummary(s.metrics);
+    meta.textContent = [s.version != null ? `v${s.version}` : "", metrics].filter(Boolean).join(" · ");
+    if (metrics) card.title = `Champion metrics: ${metrics}`;
+    card.append(input, thumb, name, meta);
+    list.append(card);
+  }
+  const wanted = state.styles.find((s) => s.style === previous) || state.styles[0];
+  if (wanted) list.querySelector(`input[value="${CSS.escape(wanted.style)}"]`).checked = true;
+}
+
+async function loadStyles() {
+  const status = $("styles-status");
+  for (const url of state.previewUrls) URL.revokeObjectURL(url);
+  state.previewUrls = [];
+  status.textContent = "Loading styles…";
+  try {
+    const body = await getJson(apiUrl("v1/models"), "models");
+    const entries = Array.isArray(body) ? body : body.models || body.styles || [];
+    state.styles = entries.map(normalizeStyle).filter((s) => s.style);
+    renderStyles();
+    status.textContent = state.styles.length
+      ? ""
+      : "No styles are registered on this server yet. Train or register a model first.";
+  } catch (err) {
+    state.styles = [];
+    renderStyles();
+    status.textContent = err.message;
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) $("token-panel").open = true;
+  }
+}
+
+function selectedStyle() {
+  const checked = document.querySelector('input[name="style"]:checked');
+  return checked ? checked.value : "";
+}
+
+// ---------- File choice ----------
+
+function looksLikeMode(file) {
+  const t = file.type || "";
+  if (!t) return true;
+  return state.mode === "image" ? t.startsWith("image/") : t.startsWith("video/");
+}
+
+function setFile(file) {
+  state.file = file || null;
+  $("file-name").textContent = file ? `${file.name} · ${formatBytes(file.size)}` : "";
+  $("drop-zone").classList.toggle("has-file", Boolean(file));
+  clearError();
+  if (file && state.mode === "image") scheduleImagePreview();
+}
+
+function initDropZone() {
+  const zone = $("drop-zone");
+  const input = $("file");
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      input.click();
+    }
+  });
+  input.addEventListener("change", () => setFile(input.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) setFile(file);
+  });
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  const image = mode === "image";
+  $("file").accept = image ? "image/*" : "video/*";
+  $("drop-title").textContent = image ? "Drop an image here" : "Drop a video here";
+  $("stabilize-option").hidden = image;
+  $("submit").textContent = image ? "Stylize image" : "Stylize video";
+  if (state.file && !looksLikeMode(state.file)) {
+    $("file").value = "";
+    setFile(null);
+  }
+}
+
+// ---------- Progress ----------
+
+function showUpload(loaded, total) {
+  const bar = $("upload-bar");
+  if (total > 0) {
+    bar.value = Math.round((100 * loaded) / total);
+    $("upload-text").textContent = `${bar.value}% · ${formatBytes(loaded)} of ${formatBytes(total)}`;
+  } else {
+    bar.removeAttribute("value");
+    $("upload-text").textContent = formatBytes(loaded);
+  }
+}
+
+function resetProgress() {
+  $("progress").hidden = false;
+  $("upload-bar").value = 0;
+  $("upload-text").textContent = "";
+  $("job-meter").hidden = true;
+  $("job-bar").removeAttribute("value");
+  $("job-text").textContent = "";
+  $("status-text").textContent = "";
+}
+
+function showJob(job) {
+  const p = job.progress || {};
+  const bar = $("job-bar");
+  $("job-meter").hidden = false;
+  const done = Number(p.done ?? p.frames_done ?? 0);
+  const total = Number(p.total ?? p.frames_total ?? 0);
+  if (total > 0) {
+    bar.max = total;
+    bar.value = Math.min(done, total);
+  } else {
+    bar.removeAttribute("value");
+  }
+  const parts = [];
+  if (total > 0) parts.push(`frame ${done} of ${total}`);
+  else if (done > 0) parts.push(`frame ${done}`);
+  if (Number(p.fps) > 0) parts.push(`${Number(p.fps).toFixed(1)} frames/s`);
+  const eta = Number(p.eta_seconds);
+  if (job.status === "running" && Number.isFinite(eta) && p.eta_seconds != null) parts.push(`about ${formatDuration(eta)} left`);
+  $("job-text").textContent = parts.join(" · ");
+  const words = {
+    queued: "Waiting for a worker…",
+    started: "Stylizing…",
+    running: "Stylizing…",
+    finished: "Done. Loading the result…",
+    failed: "The job failed.",
+    cancelled: "Cancelled.",
+    canceled: "Cancelled.",
+  };
+  $("status-text").textContent = words[job.status] || `Status: ${job.status}`;
+}
+
+// ---------- Video jobs ----------
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function submitVideo(run) {
+  const form = new FormData();
+  form.append("file", state.file, state.file.name);
+  form.append("style", selectedStyle());
+  form.append("max_side", $("max-side").value);
+  form.append("strength", $("strength").value);
+  form.append("stabilize", $("stabilize").checked ? "true" : "false");
+  $("status-text").textContent = "Uploading…";
+  const xhr = await postForm(apiUrl("v1/jobs"), form, { onProgress: showUpload });
+  if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
+  showUpload(1, 1);
+  const created = JSON.parse(xhr.responseText);
+  state.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
+  let job = created;
+  while (run === state.run) {
+    job = await getJson(state.statusUrl, "job");
+    if (run !== state.run) return;
+    showJob(job);
+    if (TERMINAL.has(job.status)) break;
+    await sleep(POLL_MS);
+  }
+  if (run !== state.run) return;
+  if (job.status === "failed") {
+    const reason = detailText(job.error) || "no reason given";
+    throw new Error(`The server couldn't stylize this video: ${reason}`);
+  }
+  if (job.status !== "finished") {
+    $("status-text").textContent = "The job was cancelled.";
+    return;
+  }
+  const resultUrl = apiUrl(job.result_url || `${state.statusUrl.replace(/\/$/, "")}/result`);
+  const blob = await getBlob(resultUrl, "result");
+  if (run !== state.run) return;
+  showVideoResult(blob, job);
+  $("status-text").textContent = "Done.";
+}
+
+function modelLabel(job) {
+  const m = job.model || {};
+  const name = (typeof m === "string" ? m : m.name || m.style || job.model_name || job.style || selectedStyle()).replace(
+    /^clipmorph-/,
+    "",
+  );
+  const version = m.version ?? job.model_version;
+  return version != null ? `${name} v${version}` : name;
+}
+
+function showVideoResult(blob, job) {
+  const styledUrl = trackUrl(blob);
+  const originalUrl = trackUrl(state.file);
+  $("result-image").hidden = true;
+  $("compare-original-image").hidden = true;
+  $("compare-styled-image").hidden = true;
+  for (const id of ["result-video", "compare-original", "compare-styled"]) $(id).hidden = false;
+  $("result-video").src = styledUrl;
+  $("compare-styled").src = styledUrl;
+  $("compare-original").src = originalUrl;
+  $("compare-play").hidden = false;
+  const style = selectedStyle();
+  const link = $("download");
+  link.href = styledUrl;
+  link.download = `${fileStem(state.file.name)}-${style}.${extensionFor(blob, "mp4")}`;
+  link.textContent = `Download ${link.download} (${formatBytes(blob.size)})`;
+  $("result-meta").textContent = `Style ${modelLabel(job)}`;
+  $("result").hidden = false;
+}
+
+// ---------- Still images ----------
+
+async function submitImage(run) {
+  const form = new FormData();
+  form.append("file", state.file, state.file.name);
+  form.append("style", selectedStyle());
+  form.append("strength", $("strength").value);
+  form.append("max_side", $("max-side").value);
+  $("status-text").textContent = "Stylizing the image…";
+  const xhr = await postForm(apiUrl("v1/images"), form, { onProgress: showUpload, responseType: "blob" });
+  if (run !== state.run) return;
+  if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
+  showUpload(1, 1);
+  const blob = xhr.response;
+  const styledUrl = trackUrl(blob);
+  const originalUrl = trackUrl(state.file);
+  for (const id of ["result-video", "compare-original", "compare-styled"]) {
+    $(id).removeAttribute("src");
+    $(id).hidden = true;
+  }
+  $("compare-play").hidden = true;
+  $("result-image").src = styledUrl;
+  $("result-image").hidden = false;
+  $("compare-styled-image").src = styledUrl;
+  $("compare-styled-image").hidden = false;
+  $("compare-original-image").src = originalUrl;
+  $("compare-original-image").hidden = false;
+  const link = $("download");
+  link.href = styledUrl;
+  link.download = `${fileStem(state.file.name)}-${selectedStyle()}.${extensionFor(blob, "png")}`;
+  link.textContent = `Download ${link.download} (${formatBytes(blob.size)})`;
+  const version = xhr.getResponseHeader("X-Model-Version");
+  $("result-meta").textContent = `Style ${selectedStyle()}${version ? ` v${version}` : ""}`;
+  $("result").hidden = false;
+  $("status-text").textContent = "Done.";
+}
+
+// Still images are quick, so changing the style or strength re-renders the preview by itself.
+function scheduleImagePreview() {
+  if (state.mode !== "image" || !state.file || !selectedStyle()) return;
+  clearTimeout(state.imageTimer);
+  state.imageTimer = setTimeout(() => start(), IMAGE_PREVIEW_DELAY_MS);
+}
+
+// ---------- Submission ----------
+
+function validate() {
+  if (!state.file) return `Choose ${state.mode === "image" ? "an image" : "a video"} first.`;
+  if (!selectedStyle()) return "Pick a style first.";
+  const side = Number($("max-side").value);
+  if (!Number.isInteger(side) || side < 64 || side > 4096) return "The longest side must be a whole number between 64 and 4096.";
+  return "";
+}
+
+async function start() {
+  clearError();
+  const problem = validate();
+  if (problem) {
+    showError(new Error(problem));
+    return;
+  }
+  if (state.xhr) state.xhr.abort();
+  state.run += 1;
+  const run = state.run;
+  releaseUrls();
+  resetProgress();
+  $("result").hidden = true;
+  setBusy(true);
+  try {
+    if (state.mode === "image") await submitImage(run);
+    else await submitVideo(run);
+  } catch (err) {
+    if (run === state.run) {
+      showError(err);
+      $("status-text").textContent = "";
+    }
+  } finally {
+    if (run === state.run) setBusy(false);
+  }
+}
+
+async function cancel() {
+  const statusUrl = state.statusUrl;
+  state.run += 1;
+  if (state.xhr) state.xhr.abort();
+  setBusy(false);
+  $("status-text").textContent = "Cancelled.";
+  if (!statusUrl || state.mode === "image") return;
+  state.statusUrl = null;
+  try {
+    await fetch(statusUrl, { method: "DELETE", headers: authHeaders() });
+  } catch {
+    // the server may not support cancelling; the page has stopped following the job either way
+  }
+}
+
+// ---------- Comparison ----------
+
+function initCompare() {
+  const slider = $("compare-slider");
+  const update = () => {
+    $("compare-top").style.clipPath = `inset(0 0 0 ${slider.value}%)`;
+    $("compare-line").style.left = `${slider.value}%`;
+  };
+  slider.addEventListener("input", update);
+  update();
+  const original = $("compare-original");
+  const styled = $("compare-styled");
+  $("compare-play").addEventListener("click", () => {
+    if (styled.paused) {
+      original.currentTime = styled.currentTime;
+      styled.play();
+      original.play();
+      $("compare-play").textContent = "Pause both";
+    } else {
+      styled.pause();
+      original.pause();
+      $("compare-play").textContent = "Play both";
+    }
+  });
+  // The two clips play on separate clocks; nudge the original back in step when they drift apart.
+  styled.addEventListener("timeupdate", () => {
+    if (Math.abs(original.currentTime - styled.currentTime) > 0.15) original.currentTime = styled.currentTime;
+  });
+  styled.addEventListener("ended", () => {
+    original.pause();
+    $("compare-play").textContent = "Play both";
+  });
+}
+
+// ---------- Wiring ----------
+
+function init() {
+  initToken();
+  initDropZone();
+  initCompare();
+  for (const radio of document.querySelectorAll('input[name="mode"]')) {
+    radio.addEventListener("change", () => setMode(radio.value));
+  }
+  setMode(document.querySelector('input[name="mode"]:checked').value);
+  const strength = $("strength");
+  const showStrength = () => {
+    $("strength-value").textContent = `${Math.round(Number(strength.value) * 100)}%`;
+  };
+  strength.addEventListener("input", showStrength);
+  strength.addEventListener("change", scheduleImagePreview);
+  $("style-list").addEventListener("change", scheduleImagePreview);
+  showStrength();
+  $("job-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    start();
+  });
+  $("cancel").addEventListener("click", cancel);
+  loadStyles();
+}
+
+document.addEventListener("DOMContentLoaded", init);
