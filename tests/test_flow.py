@@ -1,0 +1,98 @@
+"""Optical flow, occlusion mask and the warping error on synthetic clips with known motion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipmorph import flow
+
+H, W = 72, 96
+SHIFT = (3, 2)  # (dx, dy): each frame shows the scene moved 3 px left and 2 px up
+
+
+def smooth_texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Sums of random low-frequency sinusoids: textured everywhere, no aliasing, so DIS can track it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        for _ in range(6):
+            (fx, fy), phase = rng.uniform(0.03, 0.12, 2), rng.uniform(0, 2 * np.pi)
+            img[..., c] += np.sin(fx * x + fy * y + phase)
+    img -= img.min()
+    return img / img.max()
+
+
+def translating_clip(frames: int = 4) -> list[np.ndarray]:
+    """A camera panning over a large texture by whole pixels per frame."""
+    dx, dy = SHIFT
+    scene = smooth_texture(H + dy * frames + 8, W + dx * frames + 8)
+    return [scene[4 + dy * t : 4 + dy * t + H, 4 + dx * t : 4 + dx * t + W].copy() for t in range(frames)]
+
+
+def exact_flow() -> np.ndarray:
+    """Frame t's pixel (x, y) is at (x - dx, y - dy) in frame t+1."""
+    f = np.empty((H, W, 2), np.float32)
+    f[..., 0], f[..., 1] = -SHIFT[0], -SHIFT[1]
+    return f
+
+
+def test_static_video_has_no_warping_error():
+    still = smooth_texture(H, W)
+    assert flow.warping_error([still] * 4, [still] * 4) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_independent_noise_frames_have_a_large_warping_error():
+    rng = np.random.default_rng(1)
+    noise = [rng.random((H, W, 3), dtype=np.float32) for _ in range(4)]
+    clip = translating_clip()
+    # Two independent uniform images differ by 1/6 in mean square; the mask only removes pixels.
+    assert flow.warping_error(noise, noise) > 0.05
+    assert flow.warping_error(clip, noise) > 0.05
+
+
+def test_dis_recovers_a_whole_pixel_translation():
+    a, b = translating_clip(2)
+    f = flow.flow(a, b)
+    visible = flow.visible_mask(f, flow.flow(b, a))
+    assert visible.mean() > 0.8
+    assert np.median(np.abs(f[visible] - exact_flow()[visible])) < 0.25
+
+
+def test_warping_with_the_exact_flow_lines_frames_up():
+    a, b = translating_clip(2)
+    dx, dy = SHIFT
+    # Away from the entering border, warp(b, exact) is a shifted copy of b: a exactly.
+    np.testing.assert_allclose(flow.warp(b, exact_flow())[dy:, dx:], a[dy:, dx:], atol=1e-6)
+
+
+def test_visible_mask_drops_pixels_that_leave_the_frame():
+    fwd = exact_flow()
+    bwd = -fwd
+    mask = flow.visible_mask(fwd, bwd)
+    dx, dy = SHIFT
+    assert not mask[:, :dx].any() and not mask[:dy, :].any()
+    assert mask[dy:, dx:].all()
+
+
+def test_translation_is_not_counted_as_flicker():
+    clip = translating_clip()
+    assert flow.warping_error(clip, clip) < 1e-4
+    # An output that is any per-pixel function of the input moves with it: still no error.
+    recoloured = [1.0 - frame[..., ::-1] for frame in clip]
+    assert flow.warping_error(clip, recoloured) < 1e-4
+
+
+def test_flicker_on_a_moving_clip_is_measured():
+    clip = translating_clip()
+    flicker = [np.clip(frame + (0.1 if t % 2 else -0.1), 0, 1) for t, frame in enumerate(clip)]
+    assert flow.warping_error(clip, flicker) > 100 * flow.warping_error(clip, clip)
+
+
+def test_warping_error_needs_matching_frame_lists():
+    clip = translating_clip(3)
+    with pytest.raises(ValueError):
+        flow.warping_error(clip, clip[:2])
+    with pytest.raises(ValueError):
+        flow.warping_error(clip[:1], clip[:1])
