@@ -118,6 +118,8 @@ async function xhrError(xhr, context) {
 
 function detailText(detail) {
   if (detail == null || detail === "") return "";
+  // An HTML error page from a proxy says nothing a person can use.
+  if (typeof detail === "string" && /^\s*</.test(detail)) return "";
   if (typeof detail === "string") return detail.length > 300 ? `${detail.slice(0, 300)}…` : detail;
   if (Array.isArray(detail)) {
     // FastAPI validation errors: [{loc: ["body", "style"], msg: "..."}]
@@ -160,7 +162,9 @@ function explain(status, detail, context) {
   }
   if (status === 413) {
     const size = state.file ? ` (${formatBytes(state.file.size)})` : "";
-    return `That file${size} is too large for this server. Try a shorter clip, a smaller file, or a lower resolution.`;
+    const limit = /limit of (\d+)/.exec(d);
+    const most = limit ? ` accepts at most ${formatBytes(Number(limit[1]))}` : " refused it";
+    return `That file${size} is too large: this server${most}. Try a shorter clip or a smaller file.`;
   }
   if (status === 415 || /not a video|not an image|decode|unsupported|invalid data|no video stream|cannot (open|read)|could not (open|read)|unidentified|corrupt/.test(lower)) {
     return what === "video"
@@ -247,13 +251,20 @@ function renderTokenState() {
 function initToken() {
   $("token").value = token();
   renderTokenState();
-  $("token").addEventListener("change", () => {
+  const apply = () => {
     const value = $("token").value.trim();
+    if (value === token()) return;
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     else sessionStorage.removeItem(TOKEN_KEY);
     renderTokenState();
     clearError();
     loadStyles();
+  };
+  // Typing a token and going straight to "Stylize" must use it too, hence `change` as well as the button.
+  $("token").addEventListener("change", apply);
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    apply();
   });
   $("token-forget").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -272,7 +283,7 @@ function normalizeStyle(entry) {
   const style = entry.style || entry.name || champion.style;
   return {
     style: String(style || "").replace(/^clipmorph-/, ""),
-    version: champion.version ?? entry.version ?? null,
+    version: entry.champion_version ?? champion.version ?? entry.version ?? null,
     previewUrl: entry.preview_url || champion.preview_url || null,
     metrics: champion.metrics || entry.metrics || {},
     description: entry.description || "",
@@ -590,8 +601,11 @@ function scheduleImagePreview() {
 function validate() {
   if (!state.file) return `Choose ${state.mode === "image" ? "an image" : "a video"} first.`;
   if (!selectedStyle()) return "Pick a style first.";
-  const side = Number($("max-side").value);
-  if (!Number.isInteger(side) || side < 64 || side > 4096) return "The longest side must be a whole number between 64 and 4096.";
+  const raw = $("max-side").value.trim();
+  const side = Number(raw);
+  if (raw && (!Number.isInteger(side) || side < 16 || side > 4096)) {
+    return "The processing size must be a whole number of pixels between 16 and 4096, or empty for full size.";
+  }
   return "";
 }
 

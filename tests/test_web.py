@@ -1,0 +1,326 @@
+"""The web page end to end: real headless Chromium driving the real API, an RQ worker and redis-server.
+
+One stack serves the whole module (starting uvicorn and a worker costs seconds each): it has an API
+token and a small upload limit, so every test also goes through the token field, and an oversized
+upload is cheap to make. Screenshots land in test-artifacts/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import httpx
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from clipmorph import registry
+from clipmorph.artifact import ModelInfo, save_model
+from clipmorph.network import PRESETS, build
+from clipmorph.settings import REPO_ROOT, get_settings
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+TOKEN = "web-test-token"
+STYLE = "tinyweb"
+MAX_UPLOAD_BYTES = 2_000_000
+CLIP_FPS = 12
+CLIP_FRAMES = 18  # 1.5 s
+STARTUP_SECONDS = 90
+JOB_SECONDS = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _register_tiny_model(tmp: Path) -> None:
+    """An untrained `fast` stylizer registered as the champion of STYLE (training is not what is tested)."""
+    client = registry.configure()
+    folder = save_model(build("fast"), ModelInfo(net=PRESETS["fast"], style={"name": STYLE}), tmp / "model")
+    with mlflow.start_run() as run:
+        version = registry.register_model_dir(client, folder, STYLE, run.info.run_id)
+    client.set_registered_model_alias(version.name, get_settings().champion_alias, version.version)
+
+
+def _write_clip(path: Path) -> Path:
+    """A short H.264 clip of a moving gradient, as a browser can play it."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        yy, xx = np.mgrid[0:64, 0:96]
+        for i in range(CLIP_FRAMES):
+            rgb = np.stack([(xx * 2 + i * 8) % 256, yy * 4 % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    pytest.fail(f"server did not answer at {url}:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Stack:
+    url: str
+    clip: Path
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
+    """uvicorn serving api.main:app plus one RQ worker, sharing a temp registry and jobs dir."""
+    tmp = tmp_path_factory.mktemp("web-stack")
+    env = {
+        "CLIPMORPH_VAR_DIR": str(tmp / "var"),
+        "CLIPMORPH_RUNS_DIR": str(tmp / "runs"),
+        "CLIPMORPH_DATA_DIR": str(REPO_ROOT / "data"),
+        "CLIPMORPH_ASSETS_DIR": str(assets),
+        "CLIPMORPH_REDIS_URL": redis_url,
+        "CLIPMORPH_QUEUE_NAME": f"web-{os.getpid()}",
+        "CLIPMORPH_API_TOKEN": TOKEN,
+        "CLIPMORPH_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "WANDB_MODE": "disabled",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("CLIPMORPH_MLFLOW_TRACKING_URI", raising=False)
+        get_settings.cache_clear()
+        _register_tiny_model(tmp)
+        get_settings.cache_clear()
+    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    child_env.pop("CLIPMORPH_MLFLOW_TRACKING_URI", None)
+    port = _free_port()
+    api_log, worker_log = tmp / "api.log", tmp / "worker.log"
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=child_env,
+        stdout=api_log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from worker.runner import run_worker; run_worker()"],
+        cwd=REPO_ROOT,
+        env=child_env,
+        stdout=worker_log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url, api, api_log)
+        yield Stack(url=url, clip=_write_clip(tmp / "clip.mp4"), workdir=tmp)
+    finally:
+        for proc in (api, worker):
+            proc.terminate()
+        for proc in (api, worker):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[WebDriver]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("headless Chromium is not installed (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with both paths given, Selenium Manager never tries to download one
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1100,1400",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _screenshot(driver: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"web-{name}.png"
+    # The whole page, not only the window: size the window to the document first.
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.execute_script("return window.innerWidth")
+    driver.set_window_size(max(width, 360), min(max(height + 140, 600), 4000))
+    driver.save_screenshot(str(path))
+    return path
+
+
+def _wait(driver: WebDriver, condition, timeout: float = 30, message: str = ""):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    except TimeoutException:
+        _screenshot(driver, "timeout")
+        error = driver.find_element(By.ID, "error").text
+        status = driver.find_element(By.ID, "status-text").text
+        pytest.fail(f"{message} (error box: {error!r}, status: {status!r}; see test-artifacts/web-timeout.png)")
+
+
+def _open(driver: WebDriver, stack: Stack, token: str | None = TOKEN) -> None:
+    driver.get(stack.url)
+    if token is not None:
+        driver.find_element(By.CSS_SELECTOR, "#token-panel summary").click()
+        field = driver.find_element(By.ID, "token")
+        field.send_keys(token)
+        field.send_keys(Keys.ENTER)
+    _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'input[name="style"][value="{STYLE}"]'),
+        message="the registered style never appeared",
+    )
+
+
+def _choose_file(driver: WebDriver, path: Path) -> None:
+    driver.find_element(By.ID, "file").send_keys(str(path))
+
+
+def _error_text(driver: WebDriver, timeout: float = 60) -> str:
+    _wait(driver, lambda d: d.find_element(By.ID, "error").is_displayed(), timeout, "no error message was shown")
+    return driver.find_element(By.ID, "error").text
+
+
+def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver) -> None:
+    _open(browser, stack)
+    _choose_file(browser, stack.clip)
+    assert "clip.mp4" in browser.find_element(By.ID, "file-name").text
+    browser.find_element(By.ID, "max-side").clear()
+    browser.find_element(By.ID, "max-side").send_keys("64")
+    browser.find_element(By.ID, "submit").click()
+
+    _wait(browser, lambda d: d.find_element(By.ID, "result").is_displayed(), JOB_SECONDS, "no result appeared")
+    _wait(
+        browser,
+        lambda d: d.execute_script("return document.getElementById('result-video').readyState") >= 1,
+        30,
+        "the result video never loaded its metadata",
+    )
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    duration = browser.execute_script("return document.getElementById('result-video').duration")
+    assert duration == pytest.approx(CLIP_FRAMES / CLIP_FPS, abs=1 / CLIP_FPS)
+    size = browser.execute_script(
+        "const v = document.getElementById('result-video'); return [v.videoWidth, v.videoHeight]"
+    )
+    assert size == [96, 64]
+    progress = browser.find_element(By.ID, "job-text").text
+    assert f"frame {CLIP_FRAMES} of {CLIP_FRAMES}" in progress
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("href").startswith("blob:")
+    assert link.get_attribute("download") == f"clip-{STYLE}.mp4"
+    # The comparison shows the local original under the stylized clip.
+    original = browser.execute_script("return document.getElementById('compare-original').src")
+    assert original.startswith("blob:")
+    _screenshot(browser, "video-result")
+
+
+def test_non_video_upload_explains_the_problem(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is a shopping list, not a video\n" * 20)
+    _open(browser, stack)
+    _choose_file(browser, fake)
+    browser.find_element(By.ID, "submit").click()
+    assert "doesn't look like a video" in _error_text(browser)
+    _screenshot(browser, "not-a-video")
+
+
+def test_oversized_upload_explains_the_limit(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    big = tmp_path / "huge.mp4"
+    big.write_bytes(os.urandom(MAX_UPLOAD_BYTES + 500_000))
+    _open(browser, stack)
+    _choose_file(browser, big)
+    browser.find_element(By.ID, "submit").click()
+    assert "too large" in _error_text(browser)
+
+
+def test_missing_token_is_explained(stack: Stack, browser: WebDriver) -> None:
+    browser.get(stack.url)
+    status = browser.find_element(By.ID, "styles-status")
+    _wait(browser, lambda d: "API token" in status.text, 30, "the page did not ask for the token")
+    assert browser.find_element(By.ID, "token-panel").get_attribute("open") is not None
+
+
+def test_still_image_preview(stack: Stack, browser: WebDriver, assets: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.open(sorted((assets / "photos" / "skimage").glob("*"))[0]).convert("RGB").resize((80, 60)).save(photo)
+    _open(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="image"]').click()
+    _choose_file(browser, photo)  # still images render as soon as a file is chosen
+    _wait(
+        browser,
+        lambda d: (
+            d.execute_script("const i = document.getElementById('result-image'); return i.complete && i.naturalWidth")
+            > 0
+        ),
+        60,
+        "the stylized image never appeared",
+    )
+    size = browser.execute_script(
+        "const i = document.getElementById('result-image'); return [i.naturalWidth, i.naturalHeight]"
+    )
+    assert size == [80, 60]
+    _screenshot(browser, "image-result")
+
+
+def test_drop_zone_opens_with_keyboard(stack: Stack, browser: WebDriver) -> None:
+    """Enter on the focused drop zone must reach the hidden file input (a click on it opens the chooser)."""
+    _open(browser, stack)
+    browser.execute_script(
+        "window.__opened = 0; document.getElementById('file').addEventListener('click', () => window.__opened++)"
+    )
+    zone = browser.find_element(By.ID, "drop-zone")
+    browser.execute_script("arguments[0].focus()", zone)
+    assert browser.switch_to.active_element == zone
+    zone.send_keys(Keys.ENTER)
+    zone.send_keys(Keys.SPACE)
+    assert browser.execute_script("return window.__opened") == 2
+
+
+def test_phone_width_has_no_horizontal_scroll(stack: Stack, browser: WebDriver) -> None:
+    browser.set_window_size(375, 800)
+    _open(browser, stack)
+    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    _screenshot(browser, "phone")
