@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     max_video_side: int = 4096
     max_image_pixels: int = 60_000_000
     tile_pixels: int = 1024 * 1024
+    x264_preset: str = Field("medium", description="libx264 speed/size trade-off for stylized videos.")
     champion_alias: str = "champion"
 
     @property

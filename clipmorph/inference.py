@@ -1,0 +1,215 @@
+"""Running a trained stylizer: load it, stylize frames in batches, stylize still images.
+
+Frames travel as uint8 RGB arrays (N, H, W, 3); conversion to float, the
+network and the clamp back to uint8 all happen on the model's device so only
+bytes cross the PCIe bus. On CUDA the network runs under fp16 autocast with
+channels_last memory; on CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL.Image
+import torch
+from PIL import ImageOps
+
+from clipmorph import registry
+from clipmorph.artifact import ModelInfo, load_model
+from clipmorph.network import Stylizer
+from clipmorph.settings import get_settings
+from clipmorph.tiling import stylize_tiled
+
+STABILIZE_MODES = ("none", "norm", "flow", "both")
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+# Instance-norm smoothing used by "norm"/"both" when the model recommends none.
+DEFAULT_NORM_SMOOTHING = 0.9
+
+
+class ImageError(ValueError):
+    """The input image cannot be stylized (unreadable, unsupported format, too large)."""
+
+
+@dataclass
+class StylizeOptions:
+    max_side: int | None = None  # stylize at most this long a side, then scale back to the input size
+    strength: float = 1.0  # 0 = the original, 1 = fully stylized
+    stabilize: str = "both"  # "none" | "norm" | "flow" | "both" (videos only)
+    batch_size: int = 4
+    crf: int = 18
+    device: str = "auto"
+    # Instance-norm smoothing for "norm"/"both"; None: DEFAULT_NORM_SMOOTHING (see `norm_smoothing(info)`).
+    norm_smoothing: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.stabilize not in STABILIZE_MODES:
+            raise ValueError(f"stabilize must be one of {', '.join(STABILIZE_MODES)}, got {self.stabilize!r}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
+        if self.max_side is not None and self.max_side < 16:
+            raise ValueError(f"max_side must be at least 16, got {self.max_side}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be between 0 and 51, got {self.crf}")
+
+
+@dataclass
+class LoadedModel:
+    model: Stylizer
+    info: ModelInfo
+    name: str | None  # registered model name; None for a plain folder
+    version: str | None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return resolved
+
+
+def model_device(model: Stylizer) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prepare(model: Stylizer, device: str | torch.device = "auto") -> Stylizer:
+    """Move to the device in eval mode; channels_last on CUDA (faster convolutions with autocast)."""
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_stylizer(ref: str, device: str = "auto") -> LoadedModel:
+    """Resolve a registry reference (or a folder) and load the model ready for inference."""
+    resolved = registry.resolve(ref)
+    model, info = load_model(resolved.path, device="cpu")
+    return LoadedModel(prepare(model, device), info, resolved.name, resolved.version)
+
+
+def norm_smoothing(info: ModelInfo | None) -> float:
+    """The model's recommended instance-norm smoothing for video, else the default."""
+    value = (info.recommended if info else {}).get("norm_smoothing")
+    return float(value) if value is not None else DEFAULT_NORM_SMOOTHING
+
+
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled down, keeping the aspect ratio, so the longer side is at most max_side."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize HxWx3 uint8 to size (w, h): area filter when shrinking, bicubic when enlarging."""
+    h, w = rgb.shape[:2]
+    if (w, h) == size:
+        return rgb
+    shrink = size[0] * size[1] < w * h
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def blend(stylized: np.ndarray, original: np.ndarray, strength: float) -> np.ndarray:
+    """strength * stylized + (1 - strength) * original, uint8."""
+    if strength >= 1.0:
+        return stylized
+    return cv2.addWeighted(stylized, strength, original, 1.0 - strength, 0.0)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on device (channels_last on CUDA)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
+
+
+def to_uint8(y: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float -> (N, H, W, 3) uint8 on the CPU; the network's output is not clamped."""
+    y = y.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@torch.inference_mode()
+def run_network(model: Stylizer, x: torch.Tensor) -> torch.Tensor:
+    with _autocast(x.device):
+        return model(x)
+
+
+@torch.inference_mode()
+def stylize_frames(model: Stylizer, frames: np.ndarray) -> np.ndarray:
+    """Stylize a batch (N, H, W, 3) uint8 in frame order (norm smoothing state carries over)."""
+    return to_uint8(run_network(model, to_tensor(frames, model_device(model))))
+
+
+@torch.inference_mode()
+def stylize_array(model: Stylizer, rgb: np.ndarray, options: StylizeOptions) -> np.ndarray:
+    """One HxWx3 uint8 image -> stylized, same size; tiled when it is larger than settings.tile_pixels."""
+    h, w = rgb.shape[:2]
+    net_in = resize(rgb, fit_size(w, h, options.max_side))
+    device = model_device(model)
+    x = to_tensor(net_in[None], device)
+    tile_pixels = get_settings().tile_pixels
+    with _autocast(device):
+        y = stylize_tiled(model, x, tile_pixels) if x.shape[-1] * x.shape[-2] > tile_pixels else model(x)
+    out = resize(to_uint8(y)[0], (w, h))
+    return blend(out, rgb, options.strength)
+
+
+def stylize_pil(model: Stylizer, img: PIL.Image.Image, options: StylizeOptions) -> PIL.Image.Image:
+    """Stylize a PIL image: EXIF orientation applied, alpha kept, output the displayed size of the input."""
+    img = ImageOps.exif_transpose(img)
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") or "transparency" in img.info else None
+    out = PIL.Image.fromarray(stylize_array(model, np.asarray(img.convert("RGB")), options))
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
+
+
+def open_image(src: Path) -> PIL.Image.Image:
+    settings = get_settings()
+    try:
+        img = PIL.Image.open(src)
+        if img.width * img.height > settings.max_image_pixels:
+            raise ImageError(
+                f"{src.name}: {img.width}x{img.height} exceeds the limit of {settings.max_image_pixels} pixels"
+            )
+        img.load()
+    except (PIL.UnidentifiedImageError, OSError, PIL.Image.DecompressionBombError) as e:
+        raise ImageError(f"{src.name}: not a readable image ({e})") from None
+    return img
+
+
+def stylize_image(model: Stylizer, src: Path, dst: Path, options: StylizeOptions) -> None:
+    """Stylize an image file; the output format follows dst's extension (jpg/png/webp)."""
+    src, dst = Path(src), Path(dst)
+    fmt = IMAGE_FORMATS.get(dst.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{dst.name}: output must end in one of {', '.join(IMAGE_FORMATS)}")
+    img = open_image(src)
+    out = stylize_pil(model, img, options)
+    if fmt == "JPEG" and out.mode != "RGB":
+        out = out.convert("RGB")
+    save_args: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if icc := img.info.get("icc_profile"):
+        save_args["icc_profile"] = icc
+    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    try:
+        out.save(tmp, format=fmt, **save_args)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
