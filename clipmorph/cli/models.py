@@ -1,0 +1,126 @@
+"""`clipmorph evaluate`, `clipmorph promote`, `clipmorph models`: measuring and choosing registered models."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clipmorph.cli.app import app, fail
+
+KEY_COLUMNS = ("style_loss", "content_loss", "warping_ratio", "fps_cpu_640x360")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _print(table: Table) -> None:
+    Console(width=160).print(table)
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """One row per metric, one column per set of metrics (e.g. model / baseline, candidate / champion)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for heading in columns:
+        table.add_column(heading, justify="right")
+    keys = list(dict.fromkeys(k for metrics in columns.values() for k in metrics))
+    for key in keys:
+        table.add_row(key, *(_fmt(metrics.get(key)) for metrics in columns.values()))
+    return table
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Model folder or registry ref (kandinsky, kandinsky@champion, kandinsky/3)."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also measure with norm smoothing off."),
+    full: bool = typer.Option(False, "--full", help="More photos, frames and timing iterations (slower)."),
+    style: str | None = typer.Option(None, help="Style spec for the style loss when config.json records none."),
+    log: bool = typer.Option(True, help="Log the metrics on the registered version's MLflow run."),
+    device: str | None = typer.Option(None, help="cpu or cuda for the losses and clip (default: cuda if present)."),
+) -> None:
+    """Style/content loss on validation photos, warping error on a clip, frames/s at 640x360."""
+    from clipmorph import registry
+    from clipmorph.evaluate import BASELINE_PREFIX, log_metrics
+    from clipmorph.evaluate import evaluate as run_evaluation
+
+    try:
+        resolved = registry.resolve(model)
+        start = time.perf_counter()
+        metrics = run_evaluation(resolved.path, baseline=baseline, quick=not full, style=style, device=device)
+    except (registry.ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    seconds = time.perf_counter() - start
+    columns = {"model": {k: v for k, v in metrics.items() if not k.startswith(BASELINE_PREFIX)}}
+    if baseline:
+        columns["no smoothing"] = {
+            k.removeprefix(BASELINE_PREFIX): v for k, v in metrics.items() if k.startswith(BASELINE_PREFIX)
+        }
+    label = f"{resolved.name} v{resolved.version}" if resolved.name else str(resolved.path)
+    _print(metrics_table(f"{label} ({'full' if full else 'quick'} evaluation, {seconds:.1f} s)", columns))
+    if log and resolved.name:
+        log_metrics(registry.configure(), resolved.name, resolved.version, metrics, "full" if full else "quick")
+        typer.echo(f"logged to {resolved.name} version {resolved.version}")
+
+
+@app.command()
+def promote(
+    name: str = typer.Argument(..., help="Style or registered model name, e.g. kandinsky."),
+    version: str = typer.Argument(..., help="The version to make champion."),
+    force: bool = typer.Option(False, "--force", help="Override the gate (needs --reason; recorded on the version)."),
+    reason: str | None = typer.Option(None, help="Why the gate is overridden."),
+) -> None:
+    """Make VERSION the champion if it passes the gate against the current champion.
+
+    The gate: warping_ratio not worse, style_loss and frames/s within the tolerances
+    in settings (CLIPMORPH_GATE_*). Rollback = promoting an earlier version; since it
+    goes through the same gate, an older version may need --force --reason.
+    """
+    from clipmorph import registry
+    from clipmorph.promotion import PromotionError
+    from clipmorph.promotion import promote as run_promotion
+
+    try:
+        result = run_promotion(registry.configure(), name, version, force=force, reason=reason)
+    except (PromotionError, registry.ModelNotFoundError) as e:
+        raise fail(str(e)) from None
+    if result.candidate_metrics or result.champion_metrics:
+        columns = {f"v{result.version} (candidate)": result.candidate_metrics}
+        if result.previous and result.previous != result.version:
+            columns[f"v{result.previous} (champion)"] = result.champion_metrics
+        _print(metrics_table(result.name, columns))
+    if not result.promoted:
+        raise fail(f"refused: {result.message}")
+    typer.echo(result.message)
+
+
+@app.command()
+def models(name: str | None = typer.Argument(None, help="Only this style / registered model.")) -> None:
+    """Registered models and their versions, with aliases and key metrics."""
+    from clipmorph import registry
+    from clipmorph.promotion import version_metrics
+
+    client = registry.configure()
+    names = [registry.registered_name(name)] if name else [m.name for m in client.search_registered_models()]
+    table = Table(title="registered models")
+    for column in ("model", "version", "aliases", *KEY_COLUMNS, "created"):
+        table.add_column(column, justify="right" if column in KEY_COLUMNS else "left")
+    rows = 0
+    for model_name in sorted(names):
+        versions = sorted(client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version))
+        # Search results leave aliases out; the registered model has them all.
+        aliases_of: dict[str, list[str]] = {}
+        for alias, version in client.get_registered_model(model_name).aliases.items():
+            aliases_of.setdefault(str(version), []).append(alias)
+        for mv in versions:
+            metrics = version_metrics(client, model_name, mv.version)
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000))
+            aliases = ",".join(sorted(aliases_of.get(str(mv.version), [])))
+            table.add_row(model_name, str(mv.version), aliases, *(_fmt(metrics.get(k)) for k in KEY_COLUMNS), created)
+            rows += 1
+    if not rows:
+        raise fail(f"no registered versions{' for ' + name if name else ''}; train one with `make train`")
+    _print(table)

@@ -1,0 +1,314 @@
+"""Evaluate a stylizer: perceptual losses on photos, temporal stability on a clip, speed.
+
+Every number is computed the same way for every model so that the promotion gate
+can compare versions:
+  * style_loss / content_loss: the training losses (unweighted) on a fixed set of
+    validation photos, centre-cropped, with the VGG net, layers and scales the
+    model was trained with; the style target is recomputed from its style images;
+  * warping_error (Lai et al. 2018): flow between consecutive *input* frames,
+    occlusions masked, output t+1 warped onto t, masked MSE; warping_error_input
+    is the same for the input itself and warping_ratio = output / input;
+  * fps_cpu_640x360 (and fps_cuda_640x360): network frames per second.
+With `baseline=True` the clip and speed numbers are repeated with the norm
+smoothing switched off, under `baseline_*` keys, to show what stabilisation buys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from clipmorph import losses
+from clipmorph.artifact import ModelInfo, load_model, sha256_file
+from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.flow import warping_error
+from clipmorph.network import Stylizer
+from clipmorph.settings import get_settings
+from clipmorph.train import TrainConfig
+from clipmorph.vgg import VGGFeatures, load_vgg
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "style_loss",
+    "content_loss",
+    "warping_error",
+    "warping_error_input",
+    "warping_ratio",
+    "fps_cpu_640x360",
+)
+CUDA_FPS = "fps_cuda_640x360"
+BASELINE_PREFIX = "baseline_"
+FPS_SIZE = (360, 640)  # (H, W)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    photos: int = 4
+    photo_size: int = 256
+    frames: int = 24
+    frame_side: int = 320  # longer side of the downscaled clip
+    batch: int = 8  # frames per forward pass; smoothing state carries across batches
+    fps_batch: int = 2
+    fps_warmup: int = 1
+    fps_iters: int = 3
+
+    @classmethod
+    def preset(cls, quick: bool) -> EvalOptions:
+        return cls() if quick else cls(photos=16, frames=60, frame_side=480, fps_batch=4, fps_warmup=2, fps_iters=8)
+
+
+@dataclass(frozen=True)
+class LossSetup:
+    """What the model was trained with (config.json `train`), TrainConfig defaults otherwise."""
+
+    content_layer: str
+    style_layers: tuple[str, ...]
+    style_scales: tuple[float, ...]
+    style_size: int
+
+    @classmethod
+    def from_info(cls, info: ModelInfo) -> LossSetup:
+        train, defaults = info.train, TrainConfig()
+        return cls(
+            content_layer=str(train.get("content_layer", defaults.content_layer)),
+            style_layers=tuple(train.get("style_layers", defaults.style_layers)),
+            style_scales=tuple(float(s) for s in train.get("style_scales", defaults.style_scales)),
+            style_size=int(train.get("style_size", defaults.style_size)),
+        )
+
+
+def pick_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def style_spec(info: ModelInfo) -> str:
+    """The model's style as a parse_style_spec string: its recorded images and weights, else its spec."""
+    images = info.style.get("images") or []
+    if images:
+        return ",".join(f"{i['name']}:{i.get('weight', 1.0)}" for i in images)
+    if info.style.get("spec"):
+        return str(info.style["spec"])
+    raise ValueError("the model's config.json records no style (style.images / style.spec); pass a style explicitly")
+
+
+def style_target(
+    vgg: VGGFeatures, spec: str, setup: LossSetup, device: torch.device, recorded: list[dict] | None = None
+) -> dict[str, torch.Tensor]:
+    """Weighted multi-scale Gram matrices of the style images, as in training."""
+    items = parse_style_spec(spec, get_settings().styles_dir)
+    hashes = {i["name"]: i.get("sha256") for i in recorded or []}
+    target: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for item in items:
+            expected = hashes.get(item.path.stem)
+            if expected and sha256_file(item.path) != expected:
+                log.warning("style image %s differs from the one the model was trained on", item.path)
+            img = load_style_tensor(item.path, setup.style_size).to(device)
+            for key, g in losses.multiscale_grams(vgg, img, setup.style_layers, setup.style_scales).items():
+                target[key] = target.get(key, 0) + item.weight * g
+    return target
+
+
+def validation_photos(count: int, size: int) -> torch.Tensor:
+    """The first `count` validation photos (sorted by name), resized and centre-cropped to size x size."""
+    folder = get_settings().photos_dir / get_settings().eval_photos
+    paths = find_images([folder])[:count]
+    if not paths:
+        raise FileNotFoundError(f"no validation photos in {folder}; run `make data`")
+    crop = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    return torch.stack([crop(to_tensor(load_rgb(p))) for p in paths])
+
+
+def read_frames(path: Path, count: int, max_side: int) -> list[np.ndarray]:
+    """The first `count` frames of a video as HxWx3 uint8 RGB, downscaled so the longer side is <= max_side."""
+    frames: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        scale = min(1.0, max_side / max(stream.codec_context.width, stream.codec_context.height))
+        # Even sizes keep every pixel format converter happy.
+        width = max(2, round(stream.codec_context.width * scale / 2) * 2)
+        height = max(2, round(stream.codec_context.height * scale / 2) * 2)
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+            if len(frames) >= count:
+                break
+    if len(frames) < 2:
+        raise ValueError(f"{path} has fewer than 2 decodable frames")
+    return frames
+
+
+def _batches(frames: list[np.ndarray], size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(frames), size):
+        chunk = np.stack(frames[i : i + size])
+        yield torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div_(255)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _prepare(model: Stylizer, device: torch.device) -> Stylizer:
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def _forward(model: Stylizer, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device)
+    if device.type == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    with _autocast(device):
+        return model(x).float().clamp_(0, 1)
+
+
+@torch.inference_mode()
+def stylize_frames(model: Stylizer, frames: list[np.ndarray], batch: int, device: torch.device) -> list[np.ndarray]:
+    """Run the model over frames in order (so norm smoothing carries across them); float32 HxWx3 outputs."""
+    model.reset_temporal_state()
+    out: list[np.ndarray] = []
+    for x in _batches(frames, batch):
+        y = _forward(model, x, device)
+        out.extend(y.permute(0, 2, 3, 1).cpu().numpy())
+    model.reset_temporal_state()
+    return out
+
+
+@torch.inference_mode()
+def photo_losses(
+    model: Stylizer,
+    photos: torch.Tensor,
+    vgg: VGGFeatures,
+    target: dict[str, torch.Tensor],
+    setup: LossSetup,
+    device: torch.device,
+) -> dict[str, float]:
+    """Unweighted style and content losses; photos are unrelated, so no smoothing across them."""
+    x = photos.to(device)
+    smoothing = [m.smoothing for m in model.norms()]
+    model.set_norm_smoothing(0.0)
+    try:
+        y = _forward(model, x, device)
+    finally:
+        for m, s in zip(model.norms(), smoothing, strict=True):
+            m.smoothing = s
+            m.reset()
+    grams = losses.multiscale_grams(vgg, y, setup.style_layers, setup.style_scales)
+    content = losses.content_loss(
+        vgg(y, [setup.content_layer])[setup.content_layer], vgg(x, [setup.content_layer])[setup.content_layer]
+    )
+    return {"style_loss": losses.style_loss(grams, target).item(), "content_loss": content.item()}
+
+
+def temporal_metrics(model: Stylizer, frames: list[np.ndarray], batch: int, device: torch.device) -> dict[str, float]:
+    inputs = [f.astype(np.float32) / 255 for f in frames]
+    outputs = stylize_frames(model, frames, batch, device)
+    out_err = warping_error(inputs, outputs)
+    in_err = warping_error(inputs, inputs)
+    return {
+        "warping_error": out_err,
+        "warping_error_input": in_err,
+        "warping_ratio": out_err / in_err if in_err > 0 else float("inf"),
+    }
+
+
+@torch.inference_mode()
+def frames_per_second(model: Stylizer, device: torch.device, opts: EvalOptions) -> float:
+    """Forward passes on fps_batch frames of 640x360 in frame order, after warm-up."""
+    x = torch.rand(opts.fps_batch, 3, *FPS_SIZE, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    model.reset_temporal_state()
+    for _ in range(opts.fps_warmup):
+        _forward(model, x, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(opts.fps_iters):
+        _forward(model, x, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.reset_temporal_state()
+    return opts.fps_batch * opts.fps_iters / seconds
+
+
+def speed_metrics(model: Stylizer, opts: EvalOptions) -> dict[str, float]:
+    metrics = {"fps_cpu_640x360": frames_per_second(_prepare(model, torch.device("cpu")), torch.device("cpu"), opts)}
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        metrics[CUDA_FPS] = frames_per_second(_prepare(model, cuda), cuda, opts)
+    return metrics
+
+
+def evaluate(
+    model_dir_or_ref: str | Path,
+    baseline: bool = False,
+    quick: bool = True,
+    style: str | None = None,
+    options: EvalOptions | None = None,
+    video: Path | None = None,
+    device: str | None = None,
+) -> dict[str, float]:
+    """All metrics (METRIC_KEYS, plus CUDA fps and baseline_* when asked) for a model folder or registry ref."""
+    from clipmorph import registry
+
+    settings = get_settings()
+    opts = options or EvalOptions.preset(quick)
+    dev = pick_device(device)
+    model_dir = registry.resolve(model_dir_or_ref).path
+    model, info = load_model(model_dir)
+    setup = LossSetup.from_info(info)
+    smoothing = float(info.recommended.get("norm_smoothing", 0.0))
+
+    vgg = load_vgg(settings.vgg_weights_path).to(dev)
+    vgg.check([setup.content_layer, *setup.style_layers])
+    target = style_target(vgg, style or style_spec(info), setup, dev, info.style.get("images"))
+    frames = read_frames(video or settings.videos_dir / settings.eval_video, opts.frames, opts.frame_side)
+
+    model = _prepare(model, dev)
+    metrics = photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
+    runs = [("", smoothing)] + ([(BASELINE_PREFIX, 0.0)] if baseline else [])
+    for prefix, alpha in runs:
+        model.set_norm_smoothing(alpha)
+        measured = temporal_metrics(_prepare(model, dev), frames, opts.batch, dev) | speed_metrics(model, opts)
+        if prefix:
+            # Photo losses never use smoothing, so the baseline's are the same numbers.
+            measured |= {k: metrics[k] for k in ("style_loss", "content_loss")}
+        metrics |= {prefix + k: v for k, v in measured.items()}
+    model.set_norm_smoothing(smoothing)
+    return metrics
+
+
+def evaluate_and_log(
+    client, name: str, version: str, quick: bool = True, baseline: bool = False, options: EvalOptions | None = None
+) -> dict[str, float]:
+    """Evaluate a registered version and record the numbers on its run and as `metric.<key>` version tags."""
+    from clipmorph import registry
+
+    name = registry.registered_name(name)
+    resolved = registry.resolve(f"{name}/{version}", client)
+    metrics = evaluate(resolved.path, baseline=baseline, quick=quick, options=options)
+    log_metrics(client, name, str(version), metrics, profile="quick" if quick else "full")
+    return metrics
+
+
+def log_metrics(client, name: str, version: str, metrics: dict[str, float], profile: str) -> None:
+    from mlflow.entities import Metric
+
+    mv = client.get_model_version(name, version)
+    now = int(time.time() * 1000)
+    if mv.run_id:
+        client.log_batch(mv.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for key, value in metrics.items():
+        client.set_model_version_tag(name, version, f"metric.{key}", f"{value:.6g}")
+    client.set_model_version_tag(name, version, "eval.profile", profile)
