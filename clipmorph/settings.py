@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     # Per-frame budget used to size RQ job timeouts; CPU stylization of big frames is slow.
     job_seconds_per_frame: float = 2.0
     job_min_timeout_seconds: int = 300
+    job_retries: int = Field(1, description="Re-runs of a job whose worker died or that failed.")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str | None = Field(None, description="Where clients reach the API; defaults to http://api_host:api_port.")
+    worker_heartbeat_seconds: int = Field(10, description="How often a busy worker tells Redis it is alive.")
+    worker_heartbeat_grace_seconds: int = Field(30, description="Silence after which a running job is abandoned.")
+    worker_maintenance_seconds: int = Field(60, description="How often workers requeue abandoned jobs, purge files.")
+    preview_photo: Path | None = Field(None, description="Photo model previews are rendered on.")
 
     # Video / image limits.
     max_video_side: int = 4096
@@ -76,6 +84,18 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.var_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def api_base_url(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def preview_photo_path(self) -> Path:
+        return self.preview_photo or self.photos_dir / "pytorch_examples" / "amber.jpg"
 
     @property
     def tracking_uri(self) -> str:

@@ -1,0 +1,71 @@
+"""FastAPI dependencies: settings, the bearer-token check, Redis and the RQ queue, the registry, models."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from mlflow import MlflowClient
+from redis import Redis
+from rq import Queue
+
+from clipmorph import registry
+from clipmorph.settings import Settings
+from worker.models import ModelCache
+
+
+class Services:
+    """What the routes share, built once per app: connections are lazy, nothing is contacted at startup."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = Redis.from_url(settings.redis_url)
+        self.queue = Queue(settings.queue_name, connection=self.redis)
+        # Inference in the API (images, previews) runs one at a time: torch already uses every core.
+        self.inference_limiter = anyio.CapacityLimiter(1)
+        self._registry: MlflowClient | None = None
+        self._models: ModelCache | None = None
+        self._lock = threading.Lock()
+
+    def registry(self) -> MlflowClient:
+        """The MLflow registry client (blocking on first use: call from a worker thread)."""
+        with self._lock:
+            if self._registry is None:
+                self._registry = registry.configure(self.settings)
+            return self._registry
+
+    def models(self) -> ModelCache:
+        client = self.registry()
+        with self._lock:
+            if self._models is None:
+                self._models = ModelCache(client=client)
+            return self._models
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(auto_error=False, description="Required when the server sets CLIPMORPH_API_TOKEN.")
+
+
+def require_token(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """When a token is configured, every /v1 request must carry it as `Authorization: Bearer <token>`."""
+    expected = services.settings.api_token.get_secret_value() if services.settings.api_token else ""
+    if not expected:
+        return
+    given = credentials.credentials if credentials else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "wrong API token" if given else "this server requires an API token (Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,187 @@
+"""Video jobs: upload and enqueue, status, result (with HTTP Range), cancel."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation
+from rq.job import JobStatus
+
+from api import jobstate, schemas
+from api.deps import Services, ServicesDep
+from api.uploads import receive_form
+from clipmorph.registry import ModelNotFoundError, get_version
+from clipmorph.video import VideoError, VideoInfo, probe
+from worker.files import JobFiles, input_suffix
+from worker.jobs import enqueue_stylize
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+FILE_FIELD = "file"
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD, "style"],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The video."},
+                        **schemas.JobForm.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def parse_form(model: type[schemas.StyleForm], fields: dict[str, str]) -> Any:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as e:
+        detail = [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in e.errors()]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
+
+
+def check_style(services: Services, style: str) -> None:
+    """422 unless the style has a champion in the registry (blocking: run in a thread)."""
+    try:
+        get_version(services.registry(), style)
+    except ModelNotFoundError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown style {style!r}: {e}") from None
+
+
+def probe_upload(path: Path) -> VideoInfo:
+    """422 unless the file is a video with frames in it, within the size limits (blocking: run in a thread)."""
+    try:
+        info = probe(path)
+    except VideoError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"not a usable video: {e}") from None
+    if info.frames == 0:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "not a usable video: it has no frames")
+    return info
+
+
+def _urls(request: Request, job_id: str) -> tuple[str, str]:
+    return (
+        request.app.url_path_for("get_job", job_id=job_id),
+        request.app.url_path_for("get_job_result", job_id=job_id),
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.JobCreated,
+    openapi_extra=_UPLOAD_SCHEMA,
+    summary="Upload a video to stylize",
+    responses={413: {"description": "Upload too large"}, 422: {"description": "Not a video, or unknown style"}},
+)
+async def create_job(request: Request, services: ServicesDep) -> schemas.JobCreated:
+    settings = services.settings
+    job_id = str(uuid.uuid4())
+    files = JobFiles.of(settings.jobs_dir, job_id)
+    files.dir.mkdir(parents=True)
+    try:
+        with files.upload.open("wb") as sink:
+            received = await receive_form(request, FILE_FIELD, sink, settings.max_upload_bytes)
+        if not received.has_file:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no video: send it as the {FILE_FIELD!r} part")
+        if received.size == 0:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the uploaded file is empty")
+        form = parse_form(schemas.JobForm, received.fields)
+        if form.max_side is not None and form.max_side > settings.max_video_side:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"max_side may be at most {settings.max_video_side}"
+            )
+        await run_in_threadpool(check_style, services, form.style)
+        source = files.input(input_suffix(received.filename))
+        files.upload.rename(source)
+        info = await run_in_threadpool(probe_upload, source)
+        options = {"max_side": form.max_side, "strength": form.strength, "stabilize": form.stabilize.value}
+        await run_in_threadpool(enqueue_stylize, services.queue, job_id, form.style, options, info.frames, settings)
+    except BaseException:
+        files.delete()
+        raise
+    status_url, result_url = _urls(request, job_id)
+    log.info("job %s queued: %s, %d bytes, %s", job_id, form.style, received.size, options)
+    return schemas.JobCreated(
+        id=job_id,
+        status=schemas.JobState.queued,
+        status_url=status_url,
+        result_url=result_url,
+        input=schemas.VideoSummary(
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            duration=info.duration,
+            fps=info.fps,
+            has_audio=info.has_audio,
+        ),
+    )
+
+
+def _job_or_404(services: Services, job_id: uuid.UUID):
+    job = jobstate.fetch(services.queue, str(job_id))
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id} (never created, or expired)")
+    return job
+
+
+@router.get("/{job_id}", response_model=schemas.Job, summary="A job's status and progress")
+def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schemas.Job:
+    job = _job_or_404(services, job_id)
+    jobstate.reap_if_abandoned(services.queue, job)
+    return jobstate.describe(job, _urls(request, job.id)[1])
+
+
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    summary="The stylized video (supports HTTP Range)",
+    responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "Partial content"}, 409: {}, 410: {}},
+)
+def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
+    job = _job_or_404(services, job_id)
+    state = jobstate.state_of(job)
+    if state is not schemas.JobState.finished:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state.value}, there is no result yet")
+    output = JobFiles.of(services.settings.jobs_dir, job_id).output
+    if not output.exists():
+        raise HTTPException(status.HTTP_410_GONE, f"the result of job {job_id} was deleted or has expired")
+    # Starlette's FileResponse answers Range requests (206 + Content-Range) itself.
+    return FileResponse(output, media_type="video/mp4", filename=f"{job_id}.mp4")
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Cancel a queued or running job and delete its files",
+)
+def delete_job(job_id: uuid.UUID, services: ServicesDep) -> Response:
+    job = _job_or_404(services, job_id)
+    current = job.get_status(refresh=False)
+    if current == JobStatus.STARTED:
+        # The worker stops between frames; the job then reads "cancelled".
+        try:
+            send_stop_job_command(services.queue.connection, job.id)
+        except InvalidJobOperation:
+            log.info("job %s ended before it could be stopped", job.id)
+    elif jobstate.state_of(job) is schemas.JobState.queued:
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            log.info("job %s was already cancelled", job.id)
+    JobFiles.of(services.settings.jobs_dir, job_id).delete()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

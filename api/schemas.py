@@ -1,0 +1,152 @@
+"""Request and response bodies of the REST API (pydantic v2); no logic here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+STYLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Stabilize(StrEnum):
+    none = "none"
+    norm = "norm"
+    flow = "flow"
+    both = "both"
+
+
+def _stabilize_alias(value: object) -> object:
+    # HTML checkboxes send true/false: on means the full treatment.
+    aliases = {"true": "both", "on": "both", "1": "both", "false": "none", "off": "none", "0": "none"}
+    return aliases.get(str(value).lower(), value) if isinstance(value, str | bool) else value
+
+
+def _blank_is_none(value: object) -> object:
+    return None if value in ("", "0", 0) else value
+
+
+class StyleForm(BaseModel):
+    style: str = Field(pattern=STYLE_PATTERN, description="A registered style, e.g. kandinsky (its champion is used).")
+    max_side: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(
+        None, ge=16, description="Stylize at this longest side (pixels), then scale back; empty or 0 = full size."
+    )
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="0 = the original, 1 = fully stylized.")
+
+
+class JobForm(StyleForm):
+    """Fields of POST /v1/jobs besides the `file` part."""
+
+    stabilize: Annotated[Stabilize, BeforeValidator(_stabilize_alias)] = Field(
+        Stabilize.both, description="Flicker reduction: none, norm (smoothed norm statistics), flow, both."
+    )
+
+
+class ImageForm(StyleForm):
+    """Fields of POST /v1/images besides the `file` part."""
+
+    format: str = Field("png", pattern=r"^(png|jpeg|webp)$", description="Encoding of the stylized image.")
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Frames stylized so far.")
+    total: int | None = Field(None, description="Frames in the video, when known.")
+    fps: float = Field(0.0, description="Frames stylized per second.")
+    eta_seconds: float | None = None
+
+
+class VideoSummary(BaseModel):
+    width: int
+    height: int
+    frames: int | None
+    duration: float | None
+    fps: float | None
+    has_audio: bool
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobState
+    status_url: str
+    result_url: str
+    input: VideoSummary
+
+
+class Job(BaseModel):
+    id: str
+    status: JobState
+    style: str | None = None
+    options: dict = Field(default_factory=dict)
+    progress: Progress | None = None
+    model_name: str | None = Field(None, description="Registered model that stylized (or is stylizing) the video.")
+    model_version: str | None = None
+    created_at: datetime | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    retries_left: int | None = None
+    result_url: str | None = Field(None, description="Set once the job has finished.")
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(description="The style name used in requests.")
+    registered_name: str
+    description: str | None = None
+    champion_version: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="Metrics logged on the champion's run.")
+    preview_url: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    redis: str
+    registry: str
+
+
+class PromotionRequest(BaseModel):
+    version: str = Field(pattern=r"^\d+$", description="The registered version to make champion.")
+    force: bool = Field(False, description="Override a failing gate; needs a reason.")
+    reason: str | None = Field(None, max_length=1000)
+    actor: str | None = Field(None, max_length=200, description="Who asks, recorded on the version.")
+
+
+class GateCheck(BaseModel):
+    metric: str
+    candidate: float
+    champion: float
+    limit: float
+    higher_is_better: bool
+    passed: bool
+
+
+class Promotion(BaseModel):
+    name: str
+    registered_name: str
+    version: str
+    promoted: bool = Field(description="The version is the champion after this request.")
+    changed: bool = Field(description="The champion alias moved.")
+    previous: str | None
+    forced: bool
+    message: str
+    checks: list[GateCheck]
+    candidate_metrics: dict[str, float]
+    champion_metrics: dict[str, float]

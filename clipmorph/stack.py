@@ -1,0 +1,205 @@
+"""The local stack: redis-server, the API under uvicorn and one worker, as background processes.
+
+Pid files live in <var_dir>/run, logs in <logs_dir>; nothing needs root except
+installing redis-server when it is missing (through apt-get, as root or with
+password-less sudo). `clipmorph stack up|down|status|logs` drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import redis
+from rq import Queue, Worker
+
+from clipmorph.settings import REPO_ROOT, Settings
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STOP_SECONDS = 15.0
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+
+    def pid_file(self, settings: Settings) -> Path:
+        return settings.run_dir / f"{self.name}.pid"
+
+    def log_file(self, settings: Settings) -> Path:
+        return settings.logs_dir / f"{self.name}.log"
+
+
+def _redis_ok(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _api_ok(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.api_base_url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _worker_ok(settings: Settings) -> bool:
+    try:
+        connection = redis.Redis.from_url(settings.redis_url)
+        return Worker.count(queue=Queue(settings.queue_name, connection=connection)) > 0
+    except redis.RedisError:
+        return False
+
+
+def redis_server() -> str:
+    """Path of redis-server, installing the system package first when it is missing."""
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    install = ["apt-get", "install", "-y", "-qq", "redis-server"]
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            raise StackError("redis-server is not installed; install it with: sudo apt-get install -y redis-server")
+        install = ["sudo", "-n", *install]
+    print("redis-server is missing; installing it:", " ".join(install), flush=True)
+    done = subprocess.run(install, check=False)
+    exe = shutil.which("redis-server")
+    if done.returncode != 0 or not exe:
+        raise StackError("could not install redis-server; run: sudo apt-get install -y redis-server")
+    return exe
+
+
+def services(settings: Settings) -> list[Service]:
+    """The stack's processes in start order; redis only when the configured URL is local."""
+    bin_dir = Path(sys.executable).parent
+    url = urlparse(settings.redis_url)
+    redis_args = f"--port {url.port or 6379} --bind 127.0.0.1 --dir {settings.run_dir} --appendonly no".split()
+    api_args = f"api.main:create_app --factory --host {settings.api_host} --port {settings.api_port}".split()
+    stack = []
+    if (url.hostname or "127.0.0.1") in LOCAL_HOSTS:
+        stack.append(
+            Service("redis", ["redis-server", *redis_args, "--save", ""], lambda: _redis_ok(settings.redis_url))
+        )
+    stack.append(Service("api", [str(bin_dir / "uvicorn"), *api_args], lambda: _api_ok(settings)))
+    stack.append(Service("worker", [str(bin_dir / "clipmorph"), "worker"], lambda: _worker_ok(settings)))
+    return stack
+
+
+def _pid(service: Service, settings: Settings) -> int | None:
+    """The service's pid if its pid file names a live process that is still that service."""
+    try:
+        pid = int(service.pid_file(settings).read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists() and Path(service.argv[0]).name.encode() not in cmdline.read_bytes():
+        return None  # the pid was reused by something else
+    return pid
+
+
+def _wait(ready: Callable[[], bool], seconds: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if not alive():
+            return False
+        time.sleep(0.3)
+    return ready()
+
+
+def up(settings: Settings, timeout: float = 120.0) -> dict[str, int | None]:
+    """Start whatever of the stack is not running and wait until each part answers; -> pids."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    pids: dict[str, int | None] = {}
+    for service in services(settings):
+        pid = _pid(service, settings)
+        if pid is None and service.name == "redis" and _redis_ok(settings.redis_url):
+            print(f"redis: already answering at {settings.redis_url}, not starting another", flush=True)
+            pids[service.name] = None
+            continue
+        if pid is None:
+            argv = [redis_server(), *service.argv[1:]] if service.name == "redis" else service.argv
+            with service.log_file(settings).open("ab") as log:
+                # A new session: the process outlives the terminal that ran `make up`.
+                proc = subprocess.Popen(
+                    argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )  # fmt: skip
+            pid = proc.pid
+            service.pid_file(settings).write_text(str(pid))
+            print(f"{service.name}: started (pid {pid}), log {service.log_file(settings)}", flush=True)
+        if not _wait(service.ready, timeout, alive=lambda s=service: _pid(s, settings) is not None):
+            tail = "\n".join(read_log(service.log_file(settings), 20))
+            raise StackError(f"{service.name} did not become ready; last log lines:\n{tail}")
+        pids[service.name] = pid
+    print(f"stack up: API at {settings.api_base_url} (web page at /, docs at /docs)", flush=True)
+    return pids
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the stack's processes (workers finish or abandon their job: it is retried later); -> names stopped."""
+    stopped = []
+    for service in reversed(services(settings)):
+        pid = _pid(service, settings)
+        if pid is not None:
+            _terminate(pid)
+            stopped.append(service.name)
+            print(f"{service.name}: stopped (pid {pid})", flush=True)
+        service.pid_file(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait(lambda: not _alive(pid), STOP_SECONDS):
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not _alive(pid), 5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child we started that has exited stays a zombie until reaped; it is not running.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+def status(settings: Settings) -> dict[str, int | None]:
+    return {service.name: _pid(service, settings) for service in services(settings)}
+
+
+def read_log(path: Path, lines: int) -> list[str]:
+    if not path.exists():
+        return []
+    with path.open("rb") as f:
+        return [line.decode("utf-8", "replace").rstrip("\n") for line in deque(f, maxlen=lines)]
+
+
+def log_files(settings: Settings) -> list[Path]:
+    return [service.log_file(settings) for service in services(settings)]

@@ -1,0 +1,56 @@
+"""Helpers for the serving tests: tiny clips encoded with PyAV, a tiny registered model."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import mlflow
+import numpy as np
+
+from clipmorph import registry
+from clipmorph.artifact import ModelInfo, save_model
+from clipmorph.network import PRESETS, build
+from clipmorph.settings import Settings
+
+
+def make_clip(
+    path: Path, frames: int = 12, size: tuple[int, int] = (64, 48), fps: int = 12, audio: bool = True
+) -> Path:
+    """An H.264 clip of a moving gradient, with a sine tone (AAC) when `audio`."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast"}
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            rgb = np.stack([(xx * 4 + i * 8) % 256, (yy * 4) % 256, np.full_like(xx, (i * 20) % 256)], axis=-1)
+            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            samples_total = int(16000 * frames / fps)
+            t = np.arange(samples_total) / 16000
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, samples_total, 1024):
+                chunk = tone[start : start + 1024][None]
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = 16000, start, Fraction(1, 16000)
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+    return path
+
+
+def register_tiny_model(settings: Settings, style: str = "tiny", champion: bool = True) -> str:
+    """An untrained `fast` stylizer registered as clipmorph-<style>; -> its version."""
+    client = registry.configure(settings)
+    folder = settings.var_dir / f"model-{style}"
+    save_model(build("fast"), ModelInfo(net=PRESETS["fast"], style={"name": style}), folder)
+    with mlflow.start_run() as run:
+        version = registry.register_model_dir(client, folder, style, run.info.run_id)
+    if champion:
+        client.set_registered_model_alias(registry.registered_name(style), settings.champion_alias, version.version)
+    return str(version.version)

@@ -1,0 +1,279 @@
+"""The REST API in-process (FastAPI TestClient) against a real redis-server and a real MLflow registry.
+
+Jobs that need running are run by a real StylizeWorker in burst mode in this process.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import av
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from rq import Queue
+from serving_helpers import make_clip, register_tiny_model
+
+from api.main import create_app
+from clipmorph import registry
+from clipmorph.settings import get_settings
+from worker.runner import build_worker
+
+STYLE = "tiny"
+
+
+@pytest.fixture(scope="module")
+def registry_env(tmp_path_factory, assets, redis_url):
+    """One MLflow registry (with a tiny champion) for the module: creating one costs seconds."""
+    root = tmp_path_factory.mktemp("api-registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPMORPH_VAR_DIR", str(root / "var"))
+        mp.setenv("CLIPMORPH_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("CLIPMORPH_MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
+        mp.setenv("CLIPMORPH_ASSETS_DIR", str(assets))
+        mp.setenv("CLIPMORPH_REDIS_URL", redis_url)
+        mp.setenv("WANDB_MODE", "disabled")
+        mp.delenv("CLIPMORPH_API_TOKEN", raising=False)
+        get_settings.cache_clear()
+        register_tiny_model(get_settings(), STYLE)
+        yield root
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def serving(registry_env, tmp_path, monkeypatch):
+    """Settings with this test's own var dir (jobs, previews) and queue; the module's registry."""
+    monkeypatch.setenv("CLIPMORPH_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CLIPMORPH_QUEUE_NAME", f"test-{uuid.uuid4().hex[:8]}")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def make_client(settings, **overrides) -> TestClient:
+    return TestClient(create_app(type(settings)(**{**settings.model_dump(), **overrides})))
+
+
+@pytest.fixture
+def client(serving):
+    with make_client(serving) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", frames=12)
+
+
+def queue_of(settings) -> Queue:
+    from redis import Redis
+
+    return Queue(settings.queue_name, connection=Redis.from_url(settings.redis_url))
+
+
+def job_dirs(settings) -> list:
+    return sorted(settings.jobs_dir.glob("*")) if settings.jobs_dir.exists() else []
+
+
+def upload(client, data: bytes, filename="clip.mp4", style=STYLE, **fields):
+    form = {"style": style, **{k: str(v) for k, v in fields.items()}} if style is not None else fields
+    return client.post("/v1/jobs", data=form, files={"file": (filename, data, "video/mp4")})
+
+
+def run_queued_jobs(settings) -> None:
+    build_worker(settings).work(burst=True)
+
+
+def test_upload_is_queued_with_its_file_and_status(client, serving, clip):
+    r = upload(client, clip.read_bytes(), max_side=32, strength=0.5, stabilize="norm")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert uuid.UUID(body["id"]).version == 4
+    assert body["status"] == "queued"
+    assert body["input"]["frames"] == 12 and body["input"]["has_audio"] is True
+    assert queue_of(serving).job_ids == [body["id"]]
+    assert [p.name for p in (serving.jobs_dir / body["id"]).iterdir()] == ["input.mp4"]
+
+    job = client.get(body["status_url"]).json()
+    assert job["status"] == "queued"
+    assert job["style"] == STYLE
+    assert job["options"] == {"max_side": 32, "strength": 0.5, "stabilize": "norm"}
+    assert job["result_url"] is None
+    assert client.get(body["result_url"]).status_code == 409
+
+
+def test_client_file_name_never_becomes_a_path(client, serving, clip):
+    r = upload(client, clip.read_bytes(), filename="../../etc/passwd.mp4/../evil.sh")
+    assert r.status_code == 202, r.text
+    assert [p.name for p in (serving.jobs_dir / r.json()["id"]).iterdir()] == ["input.bin"]
+
+
+def _bad_uploads(clip_bytes: bytes) -> dict:
+    return {
+        "empty file": (b"", {}, 422, "empty"),
+        "text renamed .mp4": (b"hello, I am not a video\n" * 50, {}, 422, "not a usable video"),
+        "truncated mp4": (clip_bytes[: len(clip_bytes) // 3], {}, 422, "not a usable video"),
+        "unknown style": (clip_bytes, {"style": "nosuchstyle"}, 422, "unknown style"),
+        "style that is a path": (clip_bytes, {"style": "../models"}, 422, "style"),
+        "missing style": (clip_bytes, {"style": None}, 422, "style"),
+        "strength out of range": (clip_bytes, {"strength": "3"}, 422, "strength"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_uploads(b"")))
+def test_bad_upload_is_refused_and_leaves_nothing(client, serving, clip, case):
+    data, fields, code, words = _bad_uploads(clip.read_bytes())[case]
+    r = upload(client, data, **fields)
+    assert r.status_code == code, r.text
+    assert words in str(r.json()["detail"])
+    assert queue_of(serving).count == 0
+    assert job_dirs(serving) == []
+
+
+def test_missing_file_part_is_refused(client, serving):
+    r = client.post("/v1/jobs", data={"style": STYLE}, files={"other": ("x.txt", b"x", "text/plain")})
+    assert r.status_code == 400
+    r = client.post("/v1/jobs", data={"style": STYLE}, files={})
+    assert r.status_code in (415, 422)
+    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+
+
+def test_upload_over_the_cap_is_413_from_content_length(serving, clip):
+    with make_client(serving, max_upload_bytes=1000) as c:
+        r = upload(c, clip.read_bytes() + b"\0" * 200_000)
+    assert r.status_code == 413
+    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+
+
+def test_upload_over_the_cap_is_413_while_streaming(serving, clip):
+    """Without Content-Length (chunked), the byte count while streaming stops it."""
+    boundary = "testboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="style"\r\n\r\n{STYLE}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body():
+        yield head
+        for _ in range(10):
+            yield b"\0" * 1000
+        yield tail
+
+    with make_client(serving, max_upload_bytes=5000) as c:
+        r = c.post("/v1/jobs", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413, r.text
+    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+
+
+def test_job_runs_and_result_supports_range_requests(client, serving, clip, tmp_path):
+    created = upload(client, clip.read_bytes(), max_side=32).json()
+    run_queued_jobs(serving)
+
+    job = client.get(created["status_url"]).json()
+    assert job["status"] == "finished", job
+    assert job["model_name"] == registry.registered_name(STYLE) and job["model_version"] == "1"
+    assert job["progress"]["done"] == 12 and job["progress"]["total"] == 12
+    assert job["result_url"] == created["result_url"]
+
+    whole = client.get(created["result_url"])
+    assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    size = len(whole.content)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(whole.content)
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 12
+        assert container.streams.audio
+
+    part = client.get(created["result_url"], headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-1099/{size}"
+    assert part.content == whole.content[100:1100]
+    suffix = client.get(created["result_url"], headers={"Range": "bytes=-50"})
+    assert suffix.status_code == 206 and suffix.content == whole.content[-50:]
+    beyond = client.get(created["result_url"], headers={"Range": f"bytes={size + 10}-"})
+    assert beyond.status_code == 416
+
+
+def test_delete_cancels_a_queued_job_and_its_files(client, serving, clip):
+    created = upload(client, clip.read_bytes()).json()
+    assert client.delete(f"/v1/jobs/{created['id']}").status_code == 204
+    assert client.get(created["status_url"]).json()["status"] == "cancelled"
+    assert queue_of(serving).count == 0
+    assert job_dirs(serving) == []
+
+
+def test_unknown_or_malformed_job_ids(client):
+    assert client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+    assert client.get("/v1/jobs/not-a-uuid").status_code == 422
+    assert client.delete(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_auth_on_rejects_missing_and_wrong_tokens(serving, clip):
+    with make_client(serving, api_token="s3cret") as c:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic czNjcmV0"}):
+            assert c.get("/v1/models", headers=headers).status_code == 401
+            r = c.post("/v1/jobs", data={"style": STYLE}, files={"file": ("c.mp4", clip.read_bytes())}, headers=headers)
+            assert r.status_code == 401
+            assert c.get(f"/v1/jobs/{uuid.uuid4()}", headers=headers).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.get(f"/v1/jobs/{uuid.uuid4()}", headers=ok).status_code == 404
+        assert c.get("/healthz").status_code == 200  # probes stay open
+    assert queue_of(serving).count == 0
+
+
+def test_auth_off_needs_no_token(client):
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_models_list_and_cached_preview(client, serving):
+    models = client.get("/v1/models").json()["models"]
+    tiny = next(m for m in models if m["name"] == STYLE)
+    assert tiny["registered_name"] == "clipmorph-tiny" and tiny["champion_version"] == "1"
+    assert tiny["preview_url"] == f"/v1/models/{STYLE}/preview"
+    first = client.get(tiny["preview_url"])
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(first.content)).size[0] <= 512
+    assert (serving.var_dir / "previews" / "clipmorph-tiny" / "1.jpg").exists()
+    assert client.get(tiny["preview_url"]).content == first.content
+    assert client.get("/v1/models/nosuchstyle/preview").status_code == 404
+
+
+def test_image_is_stylized_synchronously(client, serving):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, "PNG")
+    r = client.post(
+        "/v1/images", data={"style": STYLE, "strength": "0.8"}, files={"file": ("a.png", buffer.getvalue())}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-model-version"] == "1"
+    assert Image.open(io.BytesIO(r.content)).size == (40, 30)
+    bad = client.post("/v1/images", data={"style": STYLE}, files={"file": ("a.png", b"not an image")})
+    assert bad.status_code == 422
+    assert list((serving.var_dir / "uploads").iterdir()) == []
+    with make_client(serving, max_image_upload_bytes=100) as c:
+        big = c.post("/v1/images", data={"style": STYLE}, files={"file": ("a.png", buffer.getvalue())})
+    assert big.status_code == 413
+
+
+def test_health_readiness_metrics_docs_and_page(client, serving):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ok"
+    metrics = client.get("/metrics").text
+    assert 'clipmorph_jobs{state="queued"}' in metrics
+    assert "clipmorph_queue_length" in metrics and "clipmorph_frames_stylized" in metrics
+    assert 'clipmorph_http_requests_total{method="GET",route="/readyz",status="200"} 1.0' in metrics
+    assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+def test_readiness_fails_without_redis(serving):
+    with make_client(serving, redis_url="redis://127.0.0.1:1/0") as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["redis"].startswith("unreachable")

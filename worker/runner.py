@@ -1,0 +1,99 @@
+"""The clipmorph worker: an RQ worker that stylizes videos, on CUDA when there is one.
+
+Why a SimpleWorker (no fork): RQ's default Worker forks a work-horse per job.
+CUDA cannot be used in a child forked after the parent initialised it, and
+whatever the child loads dies with it, so every job would reload its model.
+A SimpleWorker runs jobs in the worker process itself: CUDA is initialised
+there once (there is no fork to break it) and the ModelCache keeps models
+loaded from job to job. What the fork gave RQ we put back here:
+
+- heartbeats while a job runs (the forking parent sends them while it waits
+  on the horse): a thread sends them;
+- stopping a running job on request (the parent kills the horse): the stop
+  command sets an event the job polls between frames;
+- a worker that dies mid-job (SIGKILL, OOM): the job's StartedJobRegistry
+  entry is no longer refreshed, expires `heartbeat + grace` seconds later, and
+  the next maintenance pass of any worker (or a status request to the API)
+  retries it while it has retries left, or fails it with AbandonedJobError.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import redis
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import WorkerStatus
+
+from clipmorph.settings import Settings, get_settings
+from worker.files import purge_expired
+from worker.jobs import cancel_requested
+
+
+class StylizeWorker(SimpleWorker):
+    heartbeat_grace_seconds: int = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # SimpleWorker's default (job timeout + 60 s) would leave a dead worker's job "running" for the
+        # whole timeout; our heartbeat thread lets the TTL be short.
+        return self.job_monitoring_interval + self.heartbeat_grace_seconds
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        cancel_requested.clear()
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._beat_while_running, args=(job, execution, stop), name="rq-heartbeat", daemon=True
+        )
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat_while_running(self, job: Job, execution: Execution, stop: threading.Event) -> None:
+        while not stop.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError:
+                self.log.warning("heartbeat for job %s failed; retrying", job.id, exc_info=True)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # RQ's stop-job command (and a cold shutdown) end up here; with no horse to kill, ask the job to stop.
+        cancel_requested.set()
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        settings = get_settings()
+        running = set()
+        for queue in self.queues:
+            running.update(queue.started_job_registry.get_job_ids(cleanup=False))
+        purge_expired(settings.jobs_dir, settings.job_ttl_seconds, keep=running)
+
+
+def build_worker(settings: Settings | None = None, name: str | None = None) -> StylizeWorker:
+    settings = settings or get_settings()
+    connection = Redis.from_url(settings.redis_url)
+    worker = StylizeWorker(
+        [Queue(settings.queue_name, connection=connection)],
+        connection=connection,
+        name=name,
+        job_monitoring_interval=settings.worker_heartbeat_seconds,
+        maintenance_interval=settings.worker_maintenance_seconds,
+        # An idle worker blocks on the queue for worker_ttl - 15 s between maintenance checks.
+        worker_ttl=settings.worker_maintenance_seconds + 15,
+        default_result_ttl=settings.job_ttl_seconds,
+    )
+    worker.heartbeat_grace_seconds = settings.worker_heartbeat_grace_seconds
+    return worker
+
+
+def run_worker(settings: Settings | None = None, burst: bool = False, name: str | None = None) -> bool:
+    """Serve the queue until stopped (or, with `burst`, until it is empty); -> whether any job ran."""
+    return build_worker(settings, name).work(burst=burst, logging_level="INFO")
