@@ -16,10 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import httpx
-import mlflow
-import numpy as np
 import pytest
 from PIL import Image
 from selenium import webdriver
@@ -29,10 +26,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from serving_helpers import make_clip, register_tiny_model
 
-from clipmorph import registry
-from clipmorph.artifact import ModelInfo, save_model
-from clipmorph.network import PRESETS, build
 from clipmorph.settings import REPO_ROOT, get_settings
 
 pytestmark = pytest.mark.slow
@@ -45,6 +40,7 @@ STYLE = "tinyweb"
 MAX_UPLOAD_BYTES = 2_000_000
 CLIP_FPS = 12
 CLIP_FRAMES = 18  # 1.5 s
+CLIP_SIZE = (96, 64)
 STARTUP_SECONDS = 90
 JOB_SECONDS = 180
 
@@ -53,30 +49,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _register_tiny_model(tmp: Path) -> None:
-    """An untrained `fast` stylizer registered as the champion of STYLE (training is not what is tested)."""
-    client = registry.configure()
-    folder = save_model(build("fast"), ModelInfo(net=PRESETS["fast"], style={"name": STYLE}), tmp / "model")
-    with mlflow.start_run() as run:
-        version = registry.register_model_dir(client, folder, STYLE, run.info.run_id)
-    client.set_registered_model_alias(version.name, get_settings().champion_alias, version.version)
-
-
-def _write_clip(path: Path) -> Path:
-    """A short H.264 clip of a moving gradient, as a browser can play it."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=CLIP_FPS)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        yy, xx = np.mgrid[0:64, 0:96]
-        for i in range(CLIP_FRAMES):
-            rgb = np.stack([(xx * 2 + i * 8) % 256, yy * 4 % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -96,62 +68,56 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
 class Stack:
     url: str
     clip: Path
-    workdir: Path
+    logs: Path
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
-    """uvicorn serving api.main:app plus one RQ worker, sharing a temp registry and jobs dir."""
+    """`clipmorph serve` and `clipmorph worker` as separate processes, sharing a temp registry and jobs dir."""
     tmp = tmp_path_factory.mktemp("web-stack")
     env = {
         "CLIPMORPH_VAR_DIR": str(tmp / "var"),
         "CLIPMORPH_RUNS_DIR": str(tmp / "runs"),
-        "CLIPMORPH_DATA_DIR": str(REPO_ROOT / "data"),
         "CLIPMORPH_ASSETS_DIR": str(assets),
+        "CLIPMORPH_PREVIEW_PHOTO": str(assets / "photos" / "pytorch_examples" / "amber.jpg"),
         "CLIPMORPH_REDIS_URL": redis_url,
         "CLIPMORPH_QUEUE_NAME": f"web-{os.getpid()}",
         "CLIPMORPH_API_TOKEN": TOKEN,
         "CLIPMORPH_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "CLIPMORPH_API_HOST": "127.0.0.1",
+        "CLIPMORPH_API_PORT": str(_free_port()),
         "WANDB_MODE": "disabled",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("CLIPMORPH_MLFLOW_TRACKING_URI", raising=False)
-        get_settings.cache_clear()
-        _register_tiny_model(tmp)
-        get_settings.cache_clear()
-    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    child_env.pop("CLIPMORPH_MLFLOW_TRACKING_URI", None)
-    port = _free_port()
-    api_log, worker_log = tmp / "api.log", tmp / "worker.log"
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=child_env,
-        stdout=api_log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "from worker.runner import run_worker; run_worker()"],
-        cwd=REPO_ROOT,
-        env=child_env,
-        stdout=worker_log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    child_env = {k: v for k, v in os.environ.items() if k != "CLIPMORPH_MLFLOW_TRACKING_URI"}
+    child_env.update(env, PYTHONUNBUFFERED="1")
+    cli = str(Path(sys.executable).parent / "clipmorph")
+    procs = []
     try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_http(url, api, api_log)
-        yield Stack(url=url, clip=_write_clip(tmp / "clip.mp4"), workdir=tmp)
+        for command in ("serve", "worker"):
+            log = (tmp / f"{command}.log").open("w")
+            procs.append(
+                subprocess.Popen([cli, command], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+            )
+        # The processes touch the registry only on a request, so the model is registered while they start.
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            mp.delenv("CLIPMORPH_MLFLOW_TRACKING_URI", raising=False)
+            get_settings.cache_clear()
+            register_tiny_model(get_settings(), STYLE)
+        get_settings.cache_clear()
+        url = f"http://127.0.0.1:{env['CLIPMORPH_API_PORT']}/"
+        _wait_http(url, procs[0], tmp / "serve.log")
+        clip = make_clip(tmp / "clip.mp4", frames=CLIP_FRAMES, size=CLIP_SIZE, fps=CLIP_FPS, audio=False)
+        yield Stack(url=url, clip=clip, logs=tmp)
     finally:
-        for proc in (api, worker):
+        for proc in procs:
             proc.terminate()
-        for proc in (api, worker):
+        for proc in procs:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -203,8 +169,9 @@ def _wait(driver: WebDriver, condition, timeout: float = 30, message: str = ""):
 def _open(driver: WebDriver, stack: Stack, token: str | None = TOKEN) -> None:
     driver.get(stack.url)
     if token is not None:
-        driver.find_element(By.CSS_SELECTOR, "#token-panel summary").click()
+        # Without a token the styles request gets 401 and the page opens the token panel by itself.
         field = driver.find_element(By.ID, "token")
+        _wait(driver, lambda d: field.is_displayed(), 30, "the page did not open the token panel")
         field.send_keys(token)
         field.send_keys(Keys.ENTER)
     _wait(
@@ -244,7 +211,7 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
     size = browser.execute_script(
         "const v = document.getElementById('result-video'); return [v.videoWidth, v.videoHeight]"
     )
-    assert size == [96, 64]
+    assert size == list(CLIP_SIZE)
     progress = browser.find_element(By.ID, "job-text").text
     assert f"frame {CLIP_FRAMES} of {CLIP_FRAMES}" in progress
     link = browser.find_element(By.ID, "download")

@@ -166,22 +166,30 @@ function explain(status, detail, context) {
     const most = limit ? ` accepts at most ${formatBytes(Number(limit[1]))}` : " refused it";
     return `That file${size} is too large: this server${most}. Try a shorter clip or a smaller file.`;
   }
-  if (status === 415 || /not a video|not an image|decode|unsupported|invalid data|no video stream|cannot (open|read)|could not (open|read)|unidentified|corrupt/.test(lower)) {
+  if (/unknown style|no model version/.test(lower)) {
+    return "The chosen style isn't available on this server any more. Reload the page and pick another style.";
+  }
+  if (/pixels a side|exceeds the limit of \d+ pixels/.test(lower)) {
+    return `That ${what}'s picture is too big for this server (${d.replace(/^.*?: (?=\d+x\d+)/, "")}). Try a smaller resolution.`;
+  }
+  if (/not a (usable|readable) (video|image)|no video stream|cannot be decoded|truncated or corrupt|has no frames|no frame of the video/.test(lower)) {
     return what === "video"
       ? "That file doesn't look like a video the server can read. Try an MP4, WebM or MOV file."
       : "That file doesn't look like an image the server can read. Try a JPEG, PNG or WebP file.";
   }
-  if ((status === 404 || status === 400 || status === 422) && /style|model/.test(lower)) {
-    return `The chosen style isn't available on this server any more. Reload the page and pick another style. (${d})`;
+  if (/file is empty/.test(lower)) {
+    return "That file is empty. Choose another one.";
   }
   if (status === 404 && context === "job") {
     return "The server no longer knows this job; it may have expired. Please submit the file again.";
   }
-  if (status === 404 && context === "result") {
-    return "The result is not available; it may have expired. Please submit the file again.";
+  if ((status === 404 || status === 410) && context === "result") {
+    return "The result is not available any more; it may have expired. Please submit the file again.";
   }
   if (status === 400 || status === 422) {
-    return d ? `The server couldn't use these settings: ${d}` : "The server couldn't use these settings.";
+    return Array.isArray(detail)
+      ? `The server couldn't use these settings: ${d}`
+      : `The server couldn't process this ${what}${d ? `: ${d}` : "."}`;
   }
   if (status === 429 || status === 503) {
     return "The server is busy right now. Please wait a minute and try again.";
@@ -440,6 +448,11 @@ function showUpload(loaded, total) {
   }
 }
 
+function finishUpload() {
+  $("upload-bar").value = 100;
+  $("upload-text").textContent = state.file ? `Sent ${formatBytes(state.file.size)}` : "Sent";
+}
+
 function resetProgress() {
   $("progress").hidden = false;
   $("upload-bar").value = 0;
@@ -495,7 +508,7 @@ async function submitVideo(run) {
   $("status-text").textContent = "Uploading…";
   const xhr = await postForm(apiUrl("v1/jobs"), form, { onProgress: showUpload });
   if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
-  showUpload(1, 1);
+  finishUpload();
   const created = JSON.parse(xhr.responseText);
   state.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
   let job = created;
@@ -564,7 +577,7 @@ async function submitImage(run) {
   const xhr = await postForm(apiUrl("v1/images"), form, { onProgress: showUpload, responseType: "blob" });
   if (run !== state.run) return;
   if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
-  showUpload(1, 1);
+  finishUpload();
   const blob = xhr.response;
   const styledUrl = trackUrl(blob);
   const originalUrl = trackUrl(state.file);
