@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from clipmorph import losses
 from clipmorph.artifact import ModelInfo, load_model, sha256_file
 from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.flow import warping_error
+from clipmorph.flow import warping_errors
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
 from clipmorph.train import TrainConfig
@@ -193,33 +193,33 @@ def photo_losses(
     setup: LossSetup,
     device: torch.device,
 ) -> dict[str, float]:
-    """Unweighted style and content losses; photos are unrelated, so no smoothing across them."""
-    x = photos.to(device)
-    smoothing = [m.smoothing for m in model.norms()]
+    """Unweighted style and content losses; photos are unrelated, so norm smoothing is switched off."""
     model.set_norm_smoothing(0.0)
-    try:
-        y = _forward(model, x, device)
-    finally:
-        for m, s in zip(model.norms(), smoothing, strict=True):
-            m.smoothing = s
-            m.reset()
-    grams = losses.multiscale_grams(vgg, y, setup.style_layers, setup.style_scales)
-    content = losses.content_loss(
-        vgg(y, [setup.content_layer])[setup.content_layer], vgg(x, [setup.content_layer])[setup.content_layer]
-    )
-    return {"style_loss": losses.style_loss(grams, target).item(), "content_loss": content.item()}
-
-
-def temporal_metrics(model: Stylizer, frames: list[np.ndarray], batch: int, device: torch.device) -> dict[str, float]:
-    inputs = [f.astype(np.float32) / 255 for f in frames]
-    outputs = stylize_frames(model, frames, batch, device)
-    out_err = warping_error(inputs, outputs)
-    in_err = warping_error(inputs, inputs)
+    x = photos.to(device)
+    y = _forward(model, x, device)
+    # One VGG pass of the output serves the content loss and the full-scale Gram matrices.
+    feats = vgg(y, sorted({setup.content_layer, *setup.style_layers}))
+    grams = {f"{layer}@1": losses.gram(feats[layer]) for layer in setup.style_layers if 1.0 in setup.style_scales}
+    grams |= losses.multiscale_grams(vgg, y, setup.style_layers, [s for s in setup.style_scales if s != 1.0])
+    content_target = vgg(x, [setup.content_layer])[setup.content_layer]
     return {
-        "warping_error": out_err,
-        "warping_error_input": in_err,
-        "warping_ratio": out_err / in_err if in_err > 0 else float("inf"),
+        "style_loss": losses.style_loss(grams, target).item(),
+        "content_loss": losses.content_loss(feats[setup.content_layer], content_target).item(),
     }
+
+
+def temporal_metrics(frames: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Warping errors of each rendering (keyed by metric prefix) and of the input, flow computed once."""
+    inputs = [f.astype(np.float32) / 255 for f in frames]
+    input_error, *errors = warping_errors(inputs, [inputs, *outputs.values()])
+    metrics: dict[str, float] = {}
+    for prefix, error in zip(outputs, errors, strict=True):
+        metrics |= {
+            f"{prefix}warping_error": error,
+            f"{prefix}warping_error_input": input_error,
+            f"{prefix}warping_ratio": error / input_error if input_error > 0 else float("inf"),
+        }
+    return metrics
 
 
 @torch.inference_mode()
@@ -277,14 +277,16 @@ def evaluate(
 
     model = _prepare(model, dev)
     metrics = photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
-    runs = [("", smoothing)] + ([(BASELINE_PREFIX, 0.0)] if baseline else [])
-    for prefix, alpha in runs:
+    runs = {"": smoothing} | ({BASELINE_PREFIX: 0.0} if baseline else {})
+    outputs: dict[str, list[np.ndarray]] = {}
+    for prefix, alpha in runs.items():
         model.set_norm_smoothing(alpha)
-        measured = temporal_metrics(_prepare(model, dev), frames, opts.batch, dev) | speed_metrics(model, opts)
+        outputs[prefix] = stylize_frames(_prepare(model, dev), frames, opts.batch, dev)
+        metrics |= {prefix + k: v for k, v in speed_metrics(model, opts).items()}
         if prefix:
             # Photo losses never use smoothing, so the baseline's are the same numbers.
-            measured |= {k: metrics[k] for k in ("style_loss", "content_loss")}
-        metrics |= {prefix + k: v for k, v in measured.items()}
+            metrics |= {prefix + k: metrics[k] for k in ("style_loss", "content_loss")}
+    metrics |= temporal_metrics(frames, outputs)
     model.set_norm_smoothing(smoothing)
     return metrics
 

@@ -7,6 +7,8 @@ position in `b`: a[y, x] ~ b[y + f[..., 1], x + f[..., 0]].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -50,14 +52,23 @@ def visible_mask(fwd: np.ndarray, bwd: np.ndarray, alpha: float = 0.01, beta: fl
     return (err <= tolerance) & inside
 
 
-def pair_warping_error(in_a: np.ndarray, in_b: np.ndarray, out_a: np.ndarray, out_b: np.ndarray) -> float:
-    """Masked MSE between out_a and out_b warped onto a, with flow and occlusions from the inputs."""
+def pair_flow(in_a: np.ndarray, in_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flow from in_a to in_b and the mask of in_a's pixels visible in in_b."""
     fwd, bwd = flow(in_a, in_b), flow(in_b, in_a)
-    mask = visible_mask(fwd, bwd)
+    return fwd, visible_mask(fwd, bwd)
+
+
+def masked_warp_mse(out_a: np.ndarray, out_b: np.ndarray, fwd: np.ndarray, mask: np.ndarray) -> float:
+    """MSE between out_a and out_b warped onto it along `fwd`, over the visible pixels."""
     if not mask.any():
         return 0.0
     diff = (out_a.astype(np.float32) - warp(out_b.astype(np.float32), fwd)) ** 2
     return float(diff[mask].mean())
+
+
+def pair_warping_error(in_a: np.ndarray, in_b: np.ndarray, out_a: np.ndarray, out_b: np.ndarray) -> float:
+    """Masked MSE between out_a and out_b warped onto a, with flow and occlusions from the inputs."""
+    return masked_warp_mse(out_a, out_b, *pair_flow(in_a, in_b))
 
 
 def warping_error(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> float:
@@ -66,7 +77,16 @@ def warping_error(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> float:
     Flow is always computed on `inputs`, so passing inputs as outputs gives the
     input's own error (the baseline a stylized video is compared with).
     """
-    if len(inputs) != len(outputs) or len(inputs) < 2:
+    return warping_errors(inputs, [outputs])[0]
+
+
+def warping_errors(inputs: list[np.ndarray], outputs: Sequence[list[np.ndarray]]) -> list[float]:
+    """warping_error of several renderings of the same inputs, computing each pair's flow once."""
+    if len(inputs) < 2 or any(len(o) != len(inputs) for o in outputs):
         raise ValueError("need the same number (>= 2) of input and output frames")
-    errors = [pair_warping_error(inputs[t], inputs[t + 1], outputs[t], outputs[t + 1]) for t in range(len(inputs) - 1)]
-    return float(np.mean(errors))
+    sums = [0.0] * len(outputs)
+    for t in range(len(inputs) - 1):
+        fwd, mask = pair_flow(inputs[t], inputs[t + 1])
+        for i, out in enumerate(outputs):
+            sums[i] += masked_warp_mse(out[t], out[t + 1], fwd, mask)
+    return [total / (len(inputs) - 1) for total in sums]

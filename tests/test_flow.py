@@ -96,3 +96,12 @@ def test_warping_error_needs_matching_frame_lists():
         flow.warping_error(clip, clip[:2])
     with pytest.raises(ValueError):
         flow.warping_error(clip[:1], clip[:1])
+
+
+def test_several_renderings_share_one_flow_computation():
+    clip = translating_clip()
+    rng = np.random.default_rng(2)
+    noisy = [np.clip(f + rng.normal(0, 0.05, f.shape).astype(np.float32), 0, 1) for f in clip]
+    together = flow.warping_errors(clip, [clip, noisy])
+    assert together == pytest.approx([flow.warping_error(clip, clip), flow.warping_error(clip, noisy)])
+    assert flow.pair_warping_error(clip[0], clip[1], noisy[0], noisy[1]) > together[0]
