@@ -138,6 +138,7 @@ def browser(tmp_path) -> Iterator[WebDriver]:
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
         yield driver
@@ -185,6 +186,11 @@ def _choose_file(driver: WebDriver, path: Path) -> None:
     driver.find_element(By.ID, "file").send_keys(str(path))
 
 
+def _script_errors(driver: WebDriver) -> list[str]:
+    """Uncaught exceptions and console errors of the page's own scripts (failed requests are expected)."""
+    return [e["message"] for e in driver.get_log("browser") if e["source"] == "javascript" and e["level"] == "SEVERE"]
+
+
 def _error_text(driver: WebDriver, timeout: float = 60) -> str:
     _wait(driver, lambda d: d.find_element(By.ID, "error").is_displayed(), timeout, "no error message was shown")
     return driver.find_element(By.ID, "error").text
@@ -212,14 +218,28 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
         "const v = document.getElementById('result-video'); return [v.videoWidth, v.videoHeight]"
     )
     assert size == list(CLIP_SIZE)
+    assert browser.find_element(By.ID, "upload-bar").get_attribute("value") == "100"
     progress = browser.find_element(By.ID, "job-text").text
     assert f"frame {CLIP_FRAMES} of {CLIP_FRAMES}" in progress
+    assert "frames/s" in progress
+    assert browser.find_element(By.ID, "status-text").text == "Done."
+    assert browser.find_element(By.ID, "result-meta").text == f"Style {STYLE} v1"
     link = browser.find_element(By.ID, "download")
     assert link.get_attribute("href").startswith("blob:")
     assert link.get_attribute("download") == f"clip-{STYLE}.mp4"
     # The comparison shows the local original under the stylized clip.
     original = browser.execute_script("return document.getElementById('compare-original').src")
     assert original.startswith("blob:")
+    browser.find_element(By.ID, "compare-play").click()
+    _wait(
+        browser,
+        lambda d: d.execute_script(
+            "return ['compare-original', 'compare-styled'].every(id => document.getElementById(id).currentTime > 0)"
+        ),
+        30,
+        "the comparison did not play both clips",
+    )
+    assert _script_errors(browser) == []
     _screenshot(browser, "video-result")
 
 
@@ -242,11 +262,25 @@ def test_oversized_upload_explains_the_limit(stack: Stack, browser: WebDriver, t
     assert "too large" in _error_text(browser)
 
 
-def test_missing_token_is_explained(stack: Stack, browser: WebDriver) -> None:
+def test_missing_and_wrong_token_are_explained(stack: Stack, browser: WebDriver) -> None:
     browser.get(stack.url)
     status = browser.find_element(By.ID, "styles-status")
-    _wait(browser, lambda d: "API token" in status.text, 30, "the page did not ask for the token")
+    _wait(browser, lambda d: "needs an API token" in status.text, 30, "the page did not ask for the token")
     assert browser.find_element(By.ID, "token-panel").get_attribute("open") is not None
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("not-the-token", Keys.ENTER)
+    _wait(browser, lambda d: "didn't accept your API token" in status.text, 30, "a wrong token was not explained")
+    assert browser.execute_script("return sessionStorage.getItem('clipmorph.apiToken')") == "not-the-token"
+    assert browser.execute_script("return localStorage.length") == 0
+
+
+def test_style_removed_after_the_page_loaded_is_explained(stack: Stack, browser: WebDriver) -> None:
+    _open(browser, stack)
+    # As if the style had been deleted from the registry since the list was shown.
+    browser.execute_script("document.querySelector('input[name=\"style\"]').value = 'vanished'")
+    _choose_file(browser, stack.clip)
+    browser.find_element(By.ID, "submit").click()
+    assert "style isn't available" in _error_text(browser)
 
 
 def test_still_image_preview(stack: Stack, browser: WebDriver, assets: Path, tmp_path: Path) -> None:
@@ -268,7 +302,36 @@ def test_still_image_preview(stack: Stack, browser: WebDriver, assets: Path, tmp
         "const i = document.getElementById('result-image'); return [i.naturalWidth, i.naturalHeight]"
     )
     assert size == [80, 60]
+    assert _script_errors(browser) == []
     _screenshot(browser, "image-result")
+
+
+def test_style_thumbnail_shows_the_champion_preview(stack: Stack, browser: WebDriver) -> None:
+    _open(browser, stack)
+    thumb = f'input[name="style"][value="{STYLE}"] ~ .style-thumb img'
+    _wait(
+        browser,
+        lambda d: (
+            d.execute_script(f"const i = document.querySelector('{thumb}'); return i.complete && i.naturalWidth") > 0
+        ),
+        60,
+        "the style's preview image never loaded",
+    )
+    # Fetched with the bearer header, so it is shown from a blob, not from the (protected) URL itself.
+    assert browser.find_element(By.CSS_SELECTOR, thumb).get_attribute("src").startswith("blob:")
+    assert browser.find_element(By.CSS_SELECTOR, f'input[value="{STYLE}"]').is_selected()
+
+
+def test_drop_zone_takes_a_dropped_file(stack: Stack, browser: WebDriver) -> None:
+    _open(browser, stack)
+    browser.execute_script(
+        """
+        const data = new DataTransfer();
+        data.items.add(new File(["x"], "dropped.mp4", {type: "video/mp4"}));
+        document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", {dataTransfer: data}));
+        """
+    )
+    assert browser.find_element(By.ID, "file-name").text.startswith("dropped.mp4")
 
 
 def test_drop_zone_opens_with_keyboard(stack: Stack, browser: WebDriver) -> None:
