@@ -33,7 +33,6 @@ from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style
 from clipmorph.flow import warping_errors
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
-from clipmorph.train import TrainConfig
 from clipmorph.vgg import VGGFeatures, load_vgg
 
 log = logging.getLogger(__name__)
@@ -78,6 +77,8 @@ class LossSetup:
 
     @classmethod
     def from_info(cls, info: ModelInfo) -> LossSetup:
+        from clipmorph.train import TrainConfig  # here, as the trainer imports this module
+
         train, defaults = info.train, TrainConfig()
         return cls(
             content_layer=str(train.get("content_layer", defaults.content_layer)),
@@ -288,7 +289,8 @@ def evaluate(
             metrics |= {prefix + k: metrics[k] for k in ("style_loss", "content_loss")}
     metrics |= temporal_metrics(frames, outputs)
     model.set_norm_smoothing(smoothing)
-    return metrics
+    order = [prefix + key for prefix in runs for key in (*METRIC_KEYS, CUDA_FPS)]
+    return {key: metrics[key] for key in order if key in metrics}
 
 
 def evaluate_and_log(
