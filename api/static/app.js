@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "clipmorph.apiToken";
 const POLL_MS = 1000;
+const POLL_MISSES_ALLOWED = 10;
 const IMAGE_PREVIEW_DELAY_MS = 400;
 const TERMINAL = new Set(["finished", "failed", "cancelled", "canceled", "stopped"]);
 
@@ -512,8 +513,20 @@ async function submitVideo(run) {
   const created = JSON.parse(xhr.responseText);
   state.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
   let job = created;
+  let misses = 0;
   while (run === state.run) {
-    job = await getJson(state.statusUrl, "job");
+    try {
+      job = await getJson(state.statusUrl, "job");
+      misses = 0;
+    } catch (err) {
+      // The job goes on while the server restarts or the network drops; keep asking for a while.
+      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
+      misses += 1;
+      if (!transient || misses > POLL_MISSES_ALLOWED) throw err;
+      $("status-text").textContent = "Lost contact with the server; still trying…";
+      await sleep(POLL_MS * misses);
+      continue;
+    }
     if (run !== state.run) return;
     showJob(job);
     if (TERMINAL.has(job.status)) break;
