@@ -49,8 +49,17 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 bench: data  ## speed benchmarks: tables on stdout, JSON in bench-results/
 	$(PY) benchmarks/run_all.py
 
-demo: data  ## the main job end to end on embedded defaults
-	$(CM) stylize data/videos/bigbuckbunny.mp4 var/demo/bigbuckbunny-kandinsky.mp4 --model kandinsky --max-side 640
+demo: data  ## start the local stack, stylize data/videos/bigbuckbunny.mp4 through the REST API into var/demo/
+	$(CM) demo --style $(STYLE)
+
+up: data  ## start the local stack in the background: redis-server, API + web page on :8000, one worker
+	$(CM) stack up
+
+down: $(STAMP)  ## stop the local stack
+	$(CM) stack down
+
+logs: $(STAMP)  ## show the local stack's logs (make logs ARGS=-f to follow)
+	$(CM) stack logs $(ARGS)
 
 clean:  ## remove runtime state (registry, jobs, logs) but keep data/ and .venv
 	rm -rf var runs bench-results

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,8 +108,9 @@ def _pid(service: Service, settings: Settings) -> int | None:
     """The service's pid if its pid file names a live process that is still that service."""
     try:
         pid = int(service.pid_file(settings).read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _alive(pid):
         return None
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists() and Path(service.argv[0]).name.encode() not in cmdline.read_bytes():
@@ -138,6 +140,12 @@ def up(settings: Settings, timeout: float = 120.0) -> dict[str, int | None]:
             print(f"redis: already answering at {settings.redis_url}, not starting another", flush=True)
             pids[service.name] = None
             continue
+        if pid is None and service.name == "api" and not _port_free(settings.api_host, settings.api_port):
+            raise StackError(
+                f"port {settings.api_port} on {settings.api_host} is taken by another program; "
+                "choose another with CLIPMORPH_API_PORT"
+            )
+        alive = lambda s=service: _pid(s, settings) is not None  # noqa: E731
         if pid is None:
             argv = [redis_server(), *service.argv[1:]] if service.name == "redis" else service.argv
             with service.log_file(settings).open("ab") as log:
@@ -147,9 +155,10 @@ def up(settings: Settings, timeout: float = 120.0) -> dict[str, int | None]:
                     start_new_session=True,
                 )  # fmt: skip
             pid = proc.pid
+            alive = lambda p=proc: p.poll() is None  # noqa: E731  (right after the fork, /proc shows python)
             service.pid_file(settings).write_text(str(pid))
             print(f"{service.name}: started (pid {pid}), log {service.log_file(settings)}", flush=True)
-        if not _wait(service.ready, timeout, alive=lambda s=service: _pid(s, settings) is not None):
+        if not _wait(service.ready, timeout, alive):
             tail = "\n".join(read_log(service.log_file(settings), 20))
             raise StackError(f"{service.name} did not become ready; last log lines:\n{tail}")
         pids[service.name] = pid
@@ -178,11 +187,23 @@ def _terminate(pid: int) -> None:
             _wait(lambda: not _alive(pid), 5)
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # exists, owned by someone else
     # A child we started that has exited stays a zombie until reaped; it is not running.
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:

@@ -1,0 +1,83 @@
+"""The local stack (`make up` / `make down`), the demo's model check, and the docker-compose file."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+
+import httpx
+import pytest
+import yaml
+
+from clipmorph import stack
+from clipmorph.client import DemoError, ensure_models
+from clipmorph.settings import REPO_ROOT, get_settings
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+
+
+def _compose_command() -> list[str] | None:
+    """`docker compose` (the plugin) or the standalone `docker-compose`, whichever works here."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_file_validates():
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    done = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_services_share_jobs_and_workers_reserve_a_gpu():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert {"redis", "mlflow", "api", "worker"} <= set(services)
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["CLIPMORPH_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["CLIPMORPH_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert any(v.startswith("jobs:") for v in services[name]["volumes"])
+    assert (REPO_ROOT / services["worker"]["build"]["dockerfile"]).exists()
+    assert "nvidia/cuda" in (REPO_ROOT / "docker" / "Dockerfile.worker").read_text()
+
+
+def test_demo_refuses_clearly_without_any_model(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPMORPH_BUILTIN_MODELS_DIR", str(tmp_path / "no-models"))
+    get_settings.cache_clear()
+    with pytest.raises(DemoError, match="no models"):
+        ensure_models(get_settings())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_stack_up_status_logs_down(settings, monkeypatch):
+    monkeypatch.setenv("CLIPMORPH_REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    monkeypatch.setenv("CLIPMORPH_API_PORT", str(_free_port()))
+    get_settings.cache_clear()
+    s = get_settings()
+    try:
+        pids = stack.up(s)
+        assert set(pids) == {"redis", "api", "worker"} and all(pids.values())
+        assert stack.status(s) == pids
+        assert httpx.get(f"{s.api_base_url}/readyz").json()["status"] == "ok"
+        assert stack.up(s) == pids  # idempotent: nothing started twice
+        assert all(p.exists() for p in stack.log_files(s))
+    finally:
+        stopped = stack.down(s)
+    assert set(stopped) == {"redis", "api", "worker"}
+    assert all(pid is None for pid in stack.status(s).values())
+    assert not list(s.run_dir.glob("*.pid"))
