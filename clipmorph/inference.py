@@ -133,14 +133,17 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on device (channels_last on CUDA)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
+    frames = np.ascontiguousarray(frames)
+    if not frames.flags.writeable:  # e.g. np.asarray(PIL image); torch.from_numpy wants writable memory
+        frames = frames.copy()
+    x = torch.from_numpy(frames).to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
 
 
 def to_uint8(y: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float -> (N, H, W, 3) uint8 on the CPU; the network's output is not clamped."""
-    y = y.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    y = y.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
     return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 

@@ -21,7 +21,11 @@ import torch.nn.functional as F
 
 from clipmorph.network import Stylizer
 
-DEFAULT_OVERLAP = 128
+# Measured on a random `fast` net: 128 px overlap left max errors of 44/255 at seams, 192 px 34/255.
+DEFAULT_OVERLAP = 192
+# The statistics come from the image downscaled to this many tiles' worth of pixels: more is closer to
+# untiled inference (the downscale changes the statistics) but costs memory like an untiled pass.
+STATS_TILES = 4
 
 
 def spans(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
@@ -83,14 +87,18 @@ def stylize_tiled(
     overlap: int = DEFAULT_OVERLAP,
     stats_pixels: int | None = None,
 ) -> torch.Tensor:
-    """Stylize (1, 3, H, W) in tiles of about `tile_pixels`; norm statistics from the image at `stats_pixels`."""
+    """Stylize (1, 3, H, W) in tiles of about `tile_pixels`; norm statistics from the image at `stats_pixels`.
+
+    stats_pixels defaults to STATS_TILES * tile_pixels; with stats_pixels >= H * W
+    the result equals untiled inference up to the receptive field cut at seams.
+    """
     _, _, h, w = x.shape
     align = model.config.stride
     tile = max(4 * align, math.isqrt(tile_pixels) // align * align)
     overlap = min(overlap, tile // 2) // align * align
     out = torch.zeros((x.shape[0], 3, h, w), dtype=torch.float32, device=x.device)
     weight = torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
-    reference = downscale_to(x, stats_pixels or tile_pixels)
+    reference = downscale_to(x, stats_pixels or STATS_TILES * tile_pixels)
     with global_norm_statistics(model, reference):
         for y0, y1 in spans(h, tile, overlap, align):
             wy = ramp(y0, y1, h, overlap).to(x.device)

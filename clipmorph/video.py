@@ -309,6 +309,17 @@ def _stylized(frames: Iterable[_Frame], model: Stylizer, batch_size: int) -> Ite
 # ---------------------------------------------------------------- writing
 
 
+# Channel layouts the AAC encoder accepts, by channel count; anything else is mixed down to stereo.
+_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 8: "7.1"}
+
+
+def _can_copy(codec: str, out: av.container.OutputContainer) -> bool:
+    # FFmpeg's mp4 muxer accepts raw PCM, but almost no player reads PCM from MP4.
+    if codec.startswith("pcm_") and "mp4" in out.format.name.split(","):
+        return False
+    return codec in out.supported_codecs
+
+
 class _AudioCopier:
     """Muxes the input's audio streams into the output, in step with the video."""
 
@@ -318,12 +329,15 @@ class _AudioCopier:
         self._map: dict[int, tuple[av.stream.Stream, bool]] = {}  # input index -> (output stream, copy?)
         for stream in self._input.streams.audio:
             codec = stream.codec_context.name
-            if codec in out.supported_codecs:
+            if _can_copy(codec, out):
                 self._map[stream.index] = (out.add_stream_from_template(stream), True)
             else:
                 log.info("output %s cannot hold %s audio: transcoding to AAC", out.format.name, codec)
-                encoder = out.add_stream(FALLBACK_AUDIO_CODEC, rate=stream.codec_context.sample_rate)
-                encoder.layout = stream.codec_context.layout
+                layout = _AAC_LAYOUTS.get(stream.codec_context.channels, "stereo")
+                # Decoders can report an "unspecified order" layout the resampler rejects; name it.
+                if stream.codec_context.channels in _AAC_LAYOUTS:
+                    stream.codec_context.layout = layout
+                encoder = out.add_stream(FALLBACK_AUDIO_CODEC, rate=stream.codec_context.sample_rate, layout=layout)
                 self._map[stream.index] = (encoder, False)
         streams = self._input.streams.audio
         self._packets = self._input.demux(*streams) if streams else iter(())

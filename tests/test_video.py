@@ -1,0 +1,292 @@
+"""The video engine on real PyAV encodes: sample clips and synthetic ones made here."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clipmorph.artifact import ModelInfo, save_model
+from clipmorph.cli import app
+from clipmorph.flow import warping_error
+from clipmorph.inference import StylizeOptions
+from clipmorph.network import PRESETS, build
+from clipmorph.video import Progress, StylizeCancelled, VideoError, probe, stylize_video
+
+FAST = {"max_side": 96, "stabilize": "none", "batch_size": 4}
+
+
+@pytest.fixture
+def video_settings(settings, monkeypatch):
+    """Isolated settings with the fastest x264 preset (these tests check structure, not compression)."""
+    from clipmorph.settings import get_settings
+
+    monkeypatch.setenv("CLIPMORPH_X264_PRESET", "ultrafast")
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build("fast").eval()
+
+
+def make_clip(
+    path: Path,
+    size: tuple[int, int] = (64, 48),
+    pts: list[int] | None = None,
+    time_base: Fraction = Fraction(1, 25),
+    rotation: int | None = None,
+    audio: str | None = None,
+    pix_fmt: str = "yuv420p",
+) -> Path:
+    """A clip of moving noise; `audio` is an audio codec name for a 440 Hz tone."""
+    pts = list(range(10)) if pts is None else pts
+    w, h = size
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w + len(pts), 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = w, h, pix_fmt
+        video.time_base = video.codec_context.time_base = time_base
+        if rotation is not None:
+            video.set_display_rotation(rotation)
+        sound = out.add_stream(audio, rate=16000) if audio else None
+        for i, p in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(base[:, i : i + w]), format="rgb24")
+            frame.pts, frame.time_base = p, time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if sound is not None:
+            seconds = float((pts[-1] + 1) * time_base)
+            t = np.arange(int(16000 * seconds)) / 16000
+            samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 16000, 0
+            out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+    return path
+
+
+def cut_clip(src: Path, dst: Path, seconds: float) -> Path:
+    """Copy (no re-encoding) every packet of every stream that starts before `seconds`."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+        for packet in inp.demux(*[inp.streams[i] for i in streams]):
+            if packet.size and packet.pts is not None and packet.pts * packet.time_base < seconds:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return dst
+
+
+def frame_times(path: Path) -> list[Fraction]:
+    with av.open(str(path)) as c:
+        return [f.pts * f.time_base for f in c.decode(video=0)]
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return []
+        return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+
+def first_frame(path: Path) -> av.VideoFrame:
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0))
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+def test_audio_clip_keeps_frames_timestamps_size_and_audio_bits(video_settings, model, assets, tmp_path):
+    src = cut_clip(assets / "videos" / "bigbuckbunny.mp4", tmp_path / "bbb.mp4", 0.6)
+    seen: list[Progress] = []
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST), progress=seen.append)
+    assert (info.width, info.height) == (1280, 720)  # stylized at 96 px, scaled back
+    assert frame_times(tmp_path / "out.mp4") == frame_times(src)
+    assert info.frames == len(frame_times(src)) == 15
+    assert info.has_audio
+    assert audio_packets(tmp_path / "out.mp4") == audio_packets(src)
+    assert seen[-1].done == seen[-1].total == 15
+
+
+def test_ntsc_rate_stays_29_97(video_settings, model, assets, tmp_path):
+    src = assets / "videos" / "carphone_distorted.mp4"
+    assert probe(src).fps == pytest.approx(30000 / 1001)
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert info.fps == pytest.approx(29.97, abs=0.01)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].average_rate == Fraction(30000, 1001)
+    assert frame_times(tmp_path / "out.mp4") == frame_times(src)
+    assert not info.has_audio
+
+
+def test_avi_with_lying_duration(video_settings, model, assets, tmp_path):
+    src = assets / "videos" / "tree.avi"
+    info = probe(src)
+    assert info.frames == 68 and info.codec == "cinepak"
+    out = stylize_video(src, tmp_path / "tree.mp4", model, StylizeOptions(**FAST))
+    assert out.frames == 68
+    assert frame_times(tmp_path / "tree.mp4") == frame_times(src)
+
+
+def test_variable_frame_rate_is_kept(video_settings, model, tmp_path):
+    pts = [0, 40, 80, 200, 210, 220, 500, 540, 541, 900]
+    src = make_clip(tmp_path / "vfr.mp4", pts=pts, time_base=Fraction(1, 1000))
+    stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert frame_times(tmp_path / "out.mp4") == [Fraction(p, 1000) for p in pts]
+
+
+@pytest.mark.parametrize("size", [(321, 241), (855, 481)])
+def test_odd_size_is_kept_exactly(video_settings, model, tmp_path, size):
+    src = make_clip(tmp_path / "odd.mp4", size=size, pts=list(range(3)), pix_fmt="yuv444p")
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert (info.width, info.height) == size
+    assert (first_frame(tmp_path / "out.mp4").width, first_frame(tmp_path / "out.mp4").height) == size
+
+
+def test_rotation_metadata_is_kept(video_settings, model, tmp_path):
+    src = make_clip(tmp_path / "rot.mp4", rotation=90)
+    assert probe(src).rotation == 90
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert info.rotation == 90
+    assert first_frame(tmp_path / "out.mp4").rotation == 90
+    assert (info.width, info.height) == (64, 48)  # stored size; the player rotates
+
+
+def test_no_audio_in_no_audio_out(video_settings, model, tmp_path):
+    src = make_clip(tmp_path / "silent.mp4")
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert not info.has_audio
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert len(c.streams.audio) == 0
+
+
+def test_audio_the_container_cannot_hold_is_transcoded_to_aac(video_settings, model, tmp_path):
+    src = make_clip(tmp_path / "pcm.mkv", audio="pcm_s16le")
+    stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
+        assert sum(1 for p in c.demux(audio=0) if p.size) > 0
+
+
+def test_strength_zero_reproduces_the_input(video_settings, model, assets, tmp_path):
+    src = assets / "videos" / "carphone_pristine.mp4"
+    src = cut_clip(src, tmp_path / "car.mp4", 0.3)
+    stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(strength=0.0, stabilize="none"))
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0), strict=True):
+            diff = fa.to_ndarray(format="rgb24").astype(float) - fb.to_ndarray(format="rgb24")
+            assert 10 * np.log10(255**2 / np.mean(diff**2)) > 30  # PSNR: only the re-encode differs
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("text.mp4", b"this is not a video\n" * 50),
+        ("empty.mp4", b""),
+    ],
+)
+def test_not_a_video_is_a_clear_error_and_no_output(video_settings, model, tmp_path, name, content):
+    src = tmp_path / name
+    src.write_bytes(content)
+    with pytest.raises(VideoError, match="not a readable video"):
+        stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert leftovers(tmp_path, {name, "var", "runs"}) == []
+
+
+def test_truncated_files_are_rejected_without_output(video_settings, model, assets, tmp_path):
+    whole = (assets / "videos" / "tree.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
+    faststart = tmp_path / "fs.mp4"
+    with av.open(str(faststart), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = faststart.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 2 // 3])
+    (tmp_path / "nomoov.mp4").write_bytes((assets / "videos" / "bikes.mp4").read_bytes()[:200_000])
+    for name in ("cut.avi", "cut.mp4", "nomoov.mp4"):
+        with pytest.raises(VideoError, match=r"truncated or corrupt|not a readable video"):
+            stylize_video(tmp_path / name, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert not (tmp_path / "out.mp4").exists()
+    assert [p for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_audio_only_and_frameless_files_are_rejected(video_settings, model, tmp_path):
+    with av.open(str(tmp_path / "sound.m4a"), "w") as out:
+        sound = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    with pytest.raises(VideoError, match="no video stream"):
+        probe(tmp_path / "sound.m4a")
+    with av.open(str(tmp_path / "frameless.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    with pytest.raises(VideoError):
+        stylize_video(tmp_path / "frameless.mp4", tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_too_large_is_rejected(video_settings, model, tmp_path, monkeypatch):
+    src = make_clip(tmp_path / "big.mp4", size=(64, 48))
+    with pytest.raises(VideoError, match="larger than the limit"):
+        probe(src, max_side=32)
+    monkeypatch.setenv("CLIPMORPH_MAX_VIDEO_SIDE", "60")
+    from clipmorph.settings import get_settings
+
+    get_settings.cache_clear()
+    with pytest.raises(VideoError, match="larger than the limit"):
+        stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_cancel_leaves_no_output(video_settings, model, assets, tmp_path):
+    src = assets / "videos" / "carphone_distorted.mp4"
+    with pytest.raises(StylizeCancelled):
+        stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST), should_cancel=lambda: True)
+    assert not (tmp_path / "out.mp4").exists()
+    assert [p for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_stabilization_lowers_the_warping_error(video_settings, model, assets, tmp_path):
+    src = cut_clip(assets / "videos" / "carphone_pristine.mp4", tmp_path / "car.mp4", 0.4)
+    with av.open(str(src)) as c:
+        inputs = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    errors = {}
+    for mode in ("none", "flow", "both"):
+        stylize_video(src, tmp_path / f"{mode}.mp4", model, StylizeOptions(stabilize=mode))
+        with av.open(str(tmp_path / f"{mode}.mp4")) as c:
+            outputs = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        errors[mode] = warping_error([i / 255 for i in inputs], [o / 255 for o in outputs])
+    assert errors["flow"] < errors["none"]
+    assert errors["both"] < errors["none"]
+
+
+def test_cli_stylizes_a_video_and_fails_cleanly(video_settings, model, assets, tmp_path):
+    save_model(model, ModelInfo(net=PRESETS["fast"]), tmp_path / "model")
+    runner = CliRunner()
+    src = assets / "videos" / "carphone_distorted.mp4"
+    args = ["--model", str(tmp_path / "model"), "--max-side", "96", "--stabilize", "norm"]
+    result = runner.invoke(app, ["stylize", str(src), str(tmp_path / "out.mp4"), *args])
+    assert result.exit_code == 0, result.output
+    assert probe(tmp_path / "out.mp4").frames == 120
+    (tmp_path / "bad.mp4").write_text("not a video")
+    result = runner.invoke(app, ["stylize", str(tmp_path / "bad.mp4"), str(tmp_path / "bad-out.mp4"), *args])
+    assert result.exit_code != 0
+    assert "not a readable video" in result.output
+    assert not (tmp_path / "bad-out.mp4").exists()
