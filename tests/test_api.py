@@ -6,6 +6,7 @@ Jobs that need running are run by a real StylizeWorker in burst mode in this pro
 from __future__ import annotations
 
 import io
+import os
 import uuid
 
 import av
@@ -18,6 +19,7 @@ from serving_helpers import make_clip, register_tiny_model
 from api.main import create_app
 from clipmorph import registry
 from clipmorph.settings import get_settings
+from worker.files import purge_expired
 from worker.runner import build_worker
 
 STYLE = "tiny"
@@ -277,3 +279,37 @@ def test_readiness_fails_without_redis(serving):
         r = c.get("/readyz")
     assert r.status_code == 503
     assert r.json()["redis"].startswith("unreachable")
+
+
+def test_promote_goes_through_the_gate_and_needs_the_token(serving):
+    register_tiny_model(serving, "promo")
+    candidate = register_tiny_model(serving, "promo", champion=False)
+    with make_client(serving, api_token="s3cret") as c:
+        url = "/v1/models/promo/promote"
+        assert c.post(url, json={"version": candidate}).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        refused = c.post(url, json={"version": candidate}, headers=auth)
+        assert refused.status_code == 409
+        body = refused.json()
+        assert body["promoted"] is False and body["previous"] == "1" and "no metrics" in body["message"]
+        assert "candidate_metrics" in body and "champion_metrics" in body
+        assert c.post(url, json={"version": candidate, "force": True}, headers=auth).status_code == 422
+        forced = c.post(url, json={"version": candidate, "force": True, "reason": "test"}, headers=auth)
+        assert forced.status_code == 200, forced.text
+        assert forced.json()["promoted"] is True and forced.json()["changed"] is True
+        models = c.get("/v1/models", headers=auth).json()["models"]
+        assert next(m for m in models if m["name"] == "promo")["champion_version"] == candidate
+        assert c.post(url, json={"version": "99"}, headers=auth).status_code == 404
+
+
+def test_expired_job_folders_are_purged(tmp_path):
+    jobs = tmp_path / "jobs"
+    old, running, fresh = (jobs / str(uuid.uuid4()) for _ in range(3))
+    for folder in (old, running, fresh):
+        folder.mkdir(parents=True)
+        (folder / "input.mp4").write_bytes(b"x")
+    for folder in (old, running):
+        for path in (folder, folder / "input.mp4"):
+            os.utime(path, (1000, 1000))
+    assert purge_expired(jobs, ttl_seconds=3600, keep={running.name}) == 1
+    assert not old.exists() and running.exists() and fresh.exists()
