@@ -75,9 +75,9 @@ def promote(
 ) -> None:
     """Make VERSION the champion if it passes the gate against the current champion.
 
-    The gate: warping_ratio not worse, style_loss and frames/s within the tolerances
-    in settings (CLIPMORPH_GATE_*). Rollback = promoting an earlier version; since it
-    goes through the same gate, an older version may need --force --reason.
+    The gate: warping_ratio not worse, style_loss and frames/s within the tolerances in settings (CLIPMORPH_GATE_*).
+
+    Rollback = promoting an earlier version; it goes through the same gate, so it may need --force --reason.
     """
     from clipmorph import registry
     from clipmorph.promotion import PromotionError
