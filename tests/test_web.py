@@ -334,9 +334,17 @@ def test_drop_zone_takes_a_dropped_file(stack: Stack, browser: WebDriver) -> Non
     assert browser.find_element(By.ID, "file-name").text.startswith("dropped.mp4")
 
 
-def test_drop_zone_opens_with_keyboard(stack: Stack, browser: WebDriver) -> None:
-    """Enter on the focused drop zone must reach the hidden file input (a click on it opens the chooser)."""
+def test_controls_are_labelled_and_the_drop_zone_works_from_the_keyboard(stack: Stack, browser: WebDriver) -> None:
+    """Every form control has a label; Enter or Space on the focused drop zone opens the file chooser."""
     _open(browser, stack)
+    unlabelled = browser.execute_script(
+        """
+        return [...document.querySelectorAll("input, select, textarea, button, video")]
+          .filter(el => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim())
+          .map(el => el.id || el.name || el.outerHTML.slice(0, 80));
+        """
+    )
+    assert unlabelled == []
     browser.execute_script(
         "window.__opened = 0; document.getElementById('file').addEventListener('click', () => window.__opened++)"
     )
