@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import uuid
 
 import av
@@ -313,3 +314,21 @@ def test_expired_job_folders_are_purged(tmp_path):
             os.utime(path, (1000, 1000))
     assert purge_expired(jobs, ttl_seconds=3600, keep={running.name}) == 1
     assert not old.exists() and running.exists() and fresh.exists()
+
+
+def test_job_of_a_dead_worker_fails_with_a_reason_when_no_retries_are_left(serving, clip):
+    """A worker that took the job and then died (no heartbeats): a status request settles it, no worker needed."""
+    quick = {"job_retries": 0, "worker_heartbeat_seconds": 1, "worker_heartbeat_grace_seconds": 1}
+    with make_client(serving, **quick) as c:
+        created = upload(c, clip.read_bytes()).json()
+        worker = build_worker(type(serving)(**{**serving.model_dump(), **quick}))
+        worker.register_birth()
+        job = queue_of(serving).fetch_job(created["id"])
+        worker.prepare_execution(job)  # what a worker does right before running it; then it "dies"
+        worker.prepare_job_execution(job)
+        assert c.get(created["status_url"]).json()["status"] == "running"
+        deadline = time.monotonic() + 30  # the heartbeat TTL is 1 + 1 s
+        while (job := c.get(created["status_url"]).json())["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert job["status"] == "failed"
+    assert "stopped responding" in job["error"]
