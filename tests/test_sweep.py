@@ -94,13 +94,14 @@ def test_contact_sheet_fits_images_of_any_shape(tmp_path):
 
 @pytest.mark.slow
 def test_a_short_train_sweep_nests_its_training_runs(settings, assets, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for p in sorted((assets / "photos" / "coco128_train2017").glob("*.jpg"))[:2]:
-        shutil.copy(p, photos / p.name)
+    photos, val = tmp_path / "photos", tmp_path / "val"
+    for folder, source in ((photos, "coco128_train2017"), (val, "coco128_val2017")):
+        folder.mkdir()
+        for p in sorted((assets / "photos" / source).glob("*.jpg"))[:2]:
+            shutil.copy(p, folder / p.name)
     base = {
         "style": "kandinsky", "iters": "2", "batch_size": "1", "size": "32", "style_size": "64", "workers": "0",
-        "val_images": "1", "val_every": "2", "train_dirs": str(photos), "val_dir": str(photos), "temporal_weight": "0",
+        "val_images": "1", "val_every": "2", "train_dirs": str(photos), "val_dir": str(val), "temporal_weight": "0",
     }  # fmt: skip
     photo = assets / "photos" / "pytorch_examples" / "amber.jpg"
     result = run_sweep("train", base, {"lr": ["1e-3", "1e-2"]}, tmp_path / "sweep", preview=photo, cell=48)
