@@ -158,6 +158,10 @@ class TrainResult:
     registered_name: str | None
     losses: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_from: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # loss terms of each step run in this process
+    metrics: dict[str, float] = field(default_factory=dict)  # evaluation of the registered version
+    champion: bool = False  # whether this version became the champion
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -175,11 +179,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_paths = find_images(train_roots, exclude=[val_dir])
     val_paths = find_images([val_dir]) if val_dir.exists() else train_paths
     dataset = PhotoDataset(train_paths, cfg.size)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=cfg.iters * cfg.batch_size)
-    loader = DataLoader(
-        dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-        persistent_workers=cfg.workers > 0, pin_memory=cuda,
-    )  # fmt: skip
 
     # Networks.
     vgg = load_vgg(settings.vgg_weights_path).to(device)
@@ -193,84 +192,101 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     ckpt = Checkpoint(run_dir / "checkpoint.pt")
     step, elapsed = ckpt.load(model, optimizer) if ckpt.path.exists() else (0, 0.0)
+    resumed_from = step
     if step:
         log.info("resuming %s from step %d", run_dir, step)
-        # Skip the batches already seen so the data order matches an uninterrupted run.
-        sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.iters - step) * cfg.batch_size)
-        loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    # Sampling with replacement: the loader yields exactly the batches of the remaining steps.
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.iters - step) * cfg.batch_size)
+    loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
 
     loggers = RunLoggers.start(cfg, run_dir, resume=step > 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
-    layers = sorted({cfg.content_layer, *cfg.style_layers})
     terms: dict[str, float] = {}
+    history: list[dict[str, float]] = []
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.iters, initial=step, desc=f"train {cfg.name}", unit="it", dynamic_ncols=True)
     model.train()
-    for x in loader:
-        x = x.to(device, non_blocking=True)
-        if cuda:
-            x = x.to(memory_format=torch.channels_last)
-        with autocast:
-            y = model(x)
-            with torch.no_grad():
-                content_target = vgg(x, [cfg.content_layer])[cfg.content_layer]
-            feats = vgg(y, layers)
-            out_grams = {f"{layer}@1": losses.gram(feats[layer].float()) for layer in cfg.style_layers}
-            for scale in cfg.style_scales:
-                if scale != 1:
-                    small = torch.nn.functional.interpolate(y, scale_factor=scale, mode="bilinear", antialias=True)
-                    sf = vgg(small, cfg.style_layers)
-                    out_grams |= {f"{layer}@{scale:g}": losses.gram(sf[layer].float()) for layer in cfg.style_layers}
-            c = losses.content_loss(feats[cfg.content_layer].float(), content_target.float())
-            s = losses.style_loss(out_grams, style_grams)
-            tv = losses.tv_loss(y.float())
-            tmp = (
-                losses.temporal_noise_loss(model, x, y, cfg.noise_amplitude, cfg.noise_density)
-                if cfg.temporal_weight > 0
-                else torch.zeros((), device=device)
-            )
-            total = cfg.content_weight * c + cfg.style_weight * s + cfg.tv_weight * tv + cfg.temporal_weight * tmp
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        step += 1
+    try:
+        t_start = time.perf_counter()
+        for x in loader:
+            x = x.to(device, non_blocking=True)
+            if cuda:
+                x = x.to(memory_format=torch.channels_last)
+            with autocast:
+                weighted = loss_terms(model, vgg, x, cfg, style_grams)
+                total = sum(weighted.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            step += 1
 
-        terms = {
-            "loss": total.item(),
-            "content": (cfg.content_weight * c).item(),
-            "style": (cfg.style_weight * s).item(),
-            "tv": (cfg.tv_weight * tv).item(),
-            "temporal": (cfg.temporal_weight * tmp).item(),
-        }
-        seconds = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(
-            {k: f"{v:.3g}" for k, v in terms.items()}
-            | {"img/s": f"{cfg.batch_size / max(bar.format_dict['elapsed'] / max(bar.n - bar.initial, 1), 1e-9):.1f}"}
-        )
-        loggers.log_metrics(terms | {"seconds": seconds}, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iters:
-            ckpt.save(model, optimizer, step, cfg, seconds)
-        if step % cfg.val_every == 0 or step == cfg.iters:
-            loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
-        if step >= cfg.iters:
-            break
+            terms = {"loss": total.item()} | {k: v.item() for k, v in weighted.items()}
+            history.append(terms)
+            seconds = time.perf_counter() - t0
+            images_per_s = (step - resumed_from) * cfg.batch_size / (time.perf_counter() - t_start)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()} | {"img/s": f"{images_per_s:.1f}"})
+            loggers.log_metrics(terms | {"seconds": seconds}, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.iters:
+                ckpt.save(model, optimizer, step, cfg, seconds)
+            if step % cfg.val_every == 0 or step == cfg.iters:
+                loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
+            if step >= cfg.iters:
+                break
+    except BaseException:
+        loggers.abort()
+        raise
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
 
+    results = {
+        "final_losses": terms,
+        "seconds": round(seconds, 1),
+        "steps": step,
+        "resumed_from": resumed_from,
+        "vgg": Path(settings.vgg_weights_path).name,
+        "unreadable_images": len(dataset.unreadable),
+    }
     info = ModelInfo(
         net=PRESETS[cfg.preset],
         style={"spec": cfg.style, "name": cfg.name, "images": style_desc},
-        train=asdict(cfg) | {"final_losses": terms, "seconds": round(seconds, 1), "steps": step,
-                             "vgg": Path(settings.vgg_weights_path).name,
-                             "unreadable_images": len(dataset.unreadable)},
-    )  # fmt: skip
+        train=asdict(cfg) | results,
+    )
     model_dir = save_model(model, info, run_dir / "model")
     ckpt.path.unlink(missing_ok=True)  # finished: the next `make train` starts a new run
-    result = TrainResult(model_dir, None, None, None, terms, seconds)
+    result = TrainResult(model_dir, None, None, None, terms, seconds, resumed_from, history)
     loggers.finish_model(model_dir, result, cfg)
     return result
+
+
+def loss_terms(
+    model: Stylizer, vgg, x: torch.Tensor, cfg: TrainConfig, style_grams: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The weighted loss terms for one batch: content, multi-scale style, TV, noise-temporal."""
+    y = model(x)
+    with torch.no_grad():
+        content_target = vgg(x, [cfg.content_layer])[cfg.content_layer]
+    # One VGG pass of the output serves the content term and the full-scale style term.
+    feats = vgg(y, sorted({cfg.content_layer, *cfg.style_layers}))
+    out_grams = {}
+    for scale in cfg.style_scales:
+        if scale != 1:
+            small = torch.nn.functional.interpolate(y, scale_factor=scale, mode="bilinear", antialias=True)
+            feats_at_scale = vgg(small, cfg.style_layers)
+        else:
+            feats_at_scale = feats
+        out_grams |= {f"{layer}@{scale:g}": losses.gram(feats_at_scale[layer].float()) for layer in cfg.style_layers}
+    terms = {
+        "content": cfg.content_weight * losses.content_loss(feats[cfg.content_layer].float(), content_target.float()),
+        "style": cfg.style_weight * losses.style_loss(out_grams, style_grams),
+        "tv": cfg.tv_weight * losses.tv_loss(y.float()),
+    }
+    if cfg.temporal_weight > 0:
+        terms["temporal"] = cfg.temporal_weight * losses.temporal_noise_loss(
+            model, x, y, cfg.noise_amplitude, cfg.noise_density
+        )
+    return terms
 
 
 def render_validation(model: Stylizer, batch: torch.Tensor, path: Path) -> Path:
@@ -335,6 +351,14 @@ class RunLoggers:
             self.wandb_run.log({"validation": wandb.Image(str(path))}, step=step)
         mlflow.log_artifact(str(path), "validation")
 
+    def abort(self) -> None:
+        """Close both runs as killed so a resumed run can reopen them."""
+        import mlflow
+
+        mlflow.end_run(status="KILLED")
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=1)
+
     def finish_model(self, model_dir: Path, result: TrainResult, cfg: TrainConfig) -> None:
         import mlflow
 
@@ -346,6 +370,12 @@ class RunLoggers:
             client = registry.configure()
             mv = registry.register_model_dir(client, model_dir, cfg.name, self.run_id)
             result.version, result.registered_name = str(mv.version), mv.name
+            if cfg.evaluate:
+                from clipmorph.evaluate import evaluate_and_log
+                from clipmorph.promotion import auto_promote_first
+
+                result.metrics = evaluate_and_log(client, mv.name, mv.version, quick=True)
+                result.champion = auto_promote_first(client, mv.name, mv.version)
         mlflow.end_run()
         if self.wandb_run is not None:
             self.wandb_run.finish()

@@ -26,3 +26,6 @@ def train(
     if result.version:
         typer.echo(f"registered {result.registered_name} version {result.version}")
         typer.echo(f"model URI: models:/{result.registered_name}/{result.version}")
+    if result.metrics:
+        typer.echo("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+        typer.echo("now champion" if result.champion else "champion unchanged (see `clipmorph promote`)")

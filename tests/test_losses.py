@@ -1,0 +1,49 @@
+import torch
+
+from clipmorph import losses
+
+
+def test_gram_normalised_by_chw():
+    f = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # N=1, C=2, H=1, W=2
+    expected = torch.tensor([[[1 + 4, 3 + 8], [3 + 8, 9 + 16]]]) / (2 * 1 * 2)
+    assert torch.allclose(losses.gram(f), expected)
+
+
+def test_content_loss_is_mse():
+    a, b = torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2) * 3
+    assert losses.content_loss(a, b).item() == 9.0
+
+
+def test_style_loss_sums_layers_and_broadcasts_style_over_batch():
+    out = {"a": torch.ones(2, 2, 2), "b": torch.zeros(2, 3, 3)}
+    style = {"a": torch.zeros(1, 2, 2), "b": torch.full((1, 3, 3), 2.0)}
+    assert losses.style_loss(out, style).item() == 1.0 + 4.0
+
+
+def test_tv_loss_hand_computed():
+    img = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # vertical diffs: |2-0|, |4-1| -> mean 2.5; horizontal: |1-0|, |4-2| -> mean 1.5
+    assert losses.tv_loss(img).item() == 4.0
+
+
+def test_noise_is_clamped_and_respects_density():
+    x = torch.full((1, 3, 64, 64), 0.98)
+    noisy = losses.add_noise(x, amplitude=0.5, density=0.25)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    changed = (noisy != x).any(dim=1).float().mean().item()
+    assert 0.15 < changed < 0.35
+    assert torch.equal(losses.add_noise(x, 0.5, 0.0), x)
+
+
+def test_temporal_loss_zero_for_a_network_that_ignores_noise():
+    x = torch.rand(2, 3, 16, 16)
+
+    def constant(inp):
+        return torch.ones_like(inp) * 0.5
+
+    assert losses.temporal_noise_loss(constant, x, constant(x), amplitude=0.2, density=1.0).item() == 0.0
+
+
+def test_temporal_loss_positive_for_identity_network():
+    x = torch.rand(2, 3, 16, 16)
+    assert losses.temporal_noise_loss(lambda t: t, x, x, amplitude=0.2, density=1.0).item() > 1e-4

@@ -1,0 +1,97 @@
+import shutil
+
+import pytest
+import torch
+
+from clipmorph import registry
+from clipmorph.artifact import load_model
+from clipmorph.train import Checkpoint, TrainConfig, train
+
+
+@pytest.fixture
+def tiny_photos(tmp_path, assets):
+    """A handful of photos (one greyscale-converted, one unreadable) in a nested folder."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "nested").mkdir(parents=True)
+    src = sorted((assets / "photos" / "coco128_train2017").glob("*.jpg"))[:3]
+    for i, p in enumerate(src):
+        shutil.copy(p, root / ("nested" if i else ".") / p.name)
+    Image.open(src[0]).convert("L").save(root / "grey.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg at all")
+    val = tmp_path / "val"
+    val.mkdir()
+    shutil.copy(sorted((assets / "photos" / "coco128_val2017").glob("*.jpg"))[0], val / "v.jpg")
+    return root, val
+
+
+def tiny_config(tiny_photos, tmp_path, **overrides) -> TrainConfig:
+    root, val = tiny_photos
+    base = dict(
+        style="kandinsky",
+        iters=6,
+        batch_size=2,
+        size=48,
+        style_size=96,
+        lr=1e-2,
+        style_weight=1e5,
+        checkpoint_every=2,
+        val_every=3,
+        val_images=1,
+        workers=0,
+        train_dirs=(str(root),),
+        val_dir=str(val),
+        run_dir=str(tmp_path / "run"),
+        evaluate=False,
+    )
+    return TrainConfig(**(base | overrides))
+
+
+def test_few_steps_lower_the_loss_register_a_loadable_version(settings, tiny_photos, tmp_path):
+    cfg = tiny_config(tiny_photos, tmp_path, iters=8)
+    result = train(cfg)
+
+    first, last = result.history[0]["loss"], result.history[-1]["loss"]
+    assert last < 0.5 * first
+    assert result.version == "1" and result.registered_name == "clipmorph-kandinsky"
+
+    resolved = registry.resolve("kandinsky/1")
+    model, info = load_model(resolved.path)
+    assert info.style["images"][0]["name"] == "kandinsky" and len(info.style["images"][0]["sha256"]) == 64
+    assert info.train["unreadable_images"] == 1
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 41, 57))
+    assert out.shape == (1, 3, 41, 57)
+    assert (tmp_path / "run" / "val_000003.png").exists()
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(settings, tiny_photos, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_photos, tmp_path, iters=6, register=False)
+    original = Checkpoint.save
+
+    def save_then_crash(self, model, optimizer, step, cfg_, elapsed):
+        original(self, model, optimizer, step, cfg_, elapsed)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["optimizer"]["state"][0]["step"].item() == 4
+
+    monkeypatch.setattr(Checkpoint, "save", original)
+    result = train(cfg)
+    assert result.resumed_from == 4
+    assert len(result.history) == 2
+    _, info = load_model(result.model_dir)
+    assert info.train["steps"] == 6
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_blended_style_and_bad_override(settings):
+    with pytest.raises(ValueError, match="unknown training option 'itters'"):
+        TrainConfig.from_overrides({"itters": "5"})
+    cfg = TrainConfig.from_overrides({"style": "starrynight:1,kanagawa:3", "iters": "5", "style_scales": "1,0.5"})
+    assert cfg.iters == 5 and cfg.style_scales == (1.0, 0.5) and cfg.name == "starrynight-1+kanagawa-3"
