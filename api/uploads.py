@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import anyio
 from fastapi import HTTPException, Request, status
+from pydantic import BaseModel
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FIELD_BYTES = 4096
@@ -144,3 +145,18 @@ async def receive_form(request: Request, file_field: str, sink: BinaryIO, max_fi
     if not collector.complete:
         raise _bad("the multipart body ended early (upload interrupted?)")
     return ReceivedForm(collector.fields, collector.filename, collector.file_size)
+
+
+def openapi_multipart(form: type[BaseModel], file_field: str, file_description: str) -> dict:
+    """`openapi_extra` documenting a multipart body: the file part plus `form`'s fields (refs inlined)."""
+    schema = form.model_json_schema()
+    defs = schema.get("$defs", {})
+    properties = {
+        name: {**defs[prop["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in prop.items() if k != "$ref"}}
+        if "$ref" in prop
+        else prop
+        for name, prop in schema["properties"].items()
+    }
+    properties[file_field] = {"type": "string", "format": "binary", "description": file_description}
+    body = {"type": "object", "required": [file_field, *schema.get("required", [])], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body}}}}

@@ -12,29 +12,13 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from api import schemas
 from api.deps import Services, ServicesDep
 from api.routers.jobs import FILE_FIELD, parse_form
-from api.uploads import receive_form
+from api.uploads import openapi_multipart, receive_form
 from clipmorph.inference import ImageError, StylizeOptions, open_image, stylize_pil
 from clipmorph.registry import ModelNotFoundError
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD, "style"],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The image."},
-                        **schemas.ImageForm.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = openapi_multipart(schemas.ImageForm, FILE_FIELD, "The image.")
 
 
 def stylize_upload(services: Services, path: Path, form: schemas.ImageForm) -> tuple[bytes, str, str | None]:

@@ -17,7 +17,7 @@ from rq.job import JobStatus
 
 from api import jobstate, schemas
 from api.deps import Services, ServicesDep
-from api.uploads import receive_form
+from api.uploads import openapi_multipart, receive_form
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.video import VideoError, VideoInfo, probe
 from worker.files import JobFiles, input_suffix
@@ -27,23 +27,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 FILE_FIELD = "file"
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD, "style"],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The video."},
-                        **schemas.JobForm.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = openapi_multipart(schemas.JobForm, FILE_FIELD, "The video.")
 
 
 def parse_form(model: type[schemas.StyleForm], fields: dict[str, str]) -> Any:
