@@ -75,15 +75,17 @@ def redis_server() -> str:
     exe = shutil.which("redis-server")
     if exe:
         return exe
-    install = ["apt-get", "install", "-y", "-qq", "redis-server"]
-    if os.geteuid() != 0:
-        if not shutil.which("sudo"):
-            raise StackError("redis-server is not installed; install it with: sudo apt-get install -y redis-server")
-        install = ["sudo", "-n", *install]
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and not shutil.which("sudo"):
+        raise StackError("redis-server is not installed; install it with: sudo apt-get install -y redis-server")
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "redis-server"]
     print("redis-server is missing; installing it:", " ".join(install), flush=True)
-    done = subprocess.run(install, check=False)
+    if subprocess.run(install, check=False).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False)
+        subprocess.run(install, check=False)
     exe = shutil.which("redis-server")
-    if done.returncode != 0 or not exe:
+    if not exe:
         raise StackError("could not install redis-server; run: sudo apt-get install -y redis-server")
     return exe
 
