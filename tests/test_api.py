@@ -21,6 +21,7 @@ from api.main import create_app
 from clipmorph import registry
 from clipmorph.settings import get_settings
 from worker.files import purge_expired
+from worker.models import ModelCache
 from worker.runner import build_worker
 
 STYLE = "tiny"
@@ -332,3 +333,16 @@ def test_job_of_a_dead_worker_fails_with_a_reason_when_no_retries_are_left(servi
             time.sleep(0.2)
     assert job["status"] == "failed"
     assert "stopped responding" in job["error"]
+
+
+def test_model_cache_follows_the_champion_alias(serving):
+    client = registry.configure(serving)
+    register_tiny_model(serving, "moving")
+    cache = ModelCache(device="cpu", client=client)
+    first = cache.get("moving")
+    assert (first.name, first.version) == ("clipmorph-moving", "1")
+    assert cache.get("moving") is first  # same version: not reloaded
+    register_tiny_model(serving, "moving")  # version 2 becomes champion
+    second = cache.get("moving")
+    assert second.version == "2" and second is not first
+    assert len(cache) == 1  # the superseded version was dropped
