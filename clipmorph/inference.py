@@ -38,7 +38,9 @@ class ImageError(ValueError):
 class StylizeOptions:
     max_side: int | None = None  # stylize at most this long a side, then scale back to the input size
     strength: float = 1.0  # 0 = the original, 1 = fully stylized
-    stabilize: str = "both"  # "none" | "norm" | "flow" | "both" (videos only)
+    # "none" | "norm" | "flow" | "both" (videos only). On carphone (45 frames, seeded random `fast` net) the
+    # warping error was none 0.0095, norm 0.0095, flow 0.0017, both 0.0017 (input itself: 0.00037).
+    stabilize: str = "flow"
     batch_size: int = 4
     crf: int = 18
     device: str = "auto"

@@ -16,7 +16,7 @@ def stylize(
         None, help="Stylize at most this long a side; the output keeps the input size."
     ),
     strength: float = typer.Option(1.0, min=0.0, max=1.0, help="0 = original, 1 = fully stylized."),
-    stabilize: str | None = typer.Option(None, help="none | norm | flow | both (videos; default: both)."),
+    stabilize: str | None = typer.Option(None, help="none | norm | flow | both (videos; default: flow)."),
     crf: int = typer.Option(18, min=0, max=51, help="x264 quality (lower = better, bigger)."),
     batch_size: int = typer.Option(4, min=1, help="Frames per network call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
