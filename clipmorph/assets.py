@@ -32,11 +32,11 @@ def link_mirror(settings: Settings) -> list[Path]:
     linked = []
     for name in MIRRORED:
         src, dst = settings.assets_dir.resolve() / name, settings.data_dir / name
-        if not src.is_dir():
+        if not src.is_dir() or (dst.is_symlink() and dst.resolve() == src):
             continue
-        if dst.is_symlink() or not dst.exists():
-            if dst.is_symlink():
-                dst.unlink()
+        if dst.is_symlink():
+            dst.unlink()  # a stale link to an older mirror location
+        if not dst.exists():
             dst.symlink_to(src, target_is_directory=True)
             linked.append(dst)
     return linked
