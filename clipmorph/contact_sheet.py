@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 LINE_HEIGHT = 14  # PIL's default bitmap font is 11 px tall
 PADDING = 4
@@ -24,7 +24,7 @@ def sheet_size(count: int, columns: int, cell: int, lines: int) -> tuple[int, in
 def tile(
     images: Sequence[Image.Image | Path], labels: Sequence[Sequence[str]], columns: int, cell: int = 256
 ) -> Image.Image:
-    """Each image fitted into a `cell` square (aspect kept, centred), its label lines printed beneath."""
+    """Each image scaled to fit a `cell` square (aspect kept, centred), its label lines printed beneath."""
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if not images:
@@ -35,7 +35,7 @@ def tile(
     font = ImageFont.load_default()
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         img = Image.open(img).convert("RGB") if isinstance(img, Path | str) else img.convert("RGB")
-        img.thumbnail((cell, cell), Image.LANCZOS)
+        img = ImageOps.contain(img, (cell, cell), Image.LANCZOS)
         x0, y0 = (i % columns) * cell, (i // columns) * (cell + label_height(lines))
         sheet.paste(img, (x0 + (cell - img.width) // 2, y0 + (cell - img.height) // 2))
         for j, text in enumerate(label):

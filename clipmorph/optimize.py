@@ -44,8 +44,8 @@ class OptimizeConfig:
     iters: int = 300  # per resolution level
     lr: float = 0.0  # 0 = the optimiser's default (DEFAULT_LR)
     content_weight: float = 1.0
-    style_weight: float = 1e6
-    tv_weight: float = 1e-2
+    style_weight: float = 3e4
+    tv_weight: float = 3.0
     content_layer: str = "relu3_1"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
     # The offline VGG stops at relu3_1 (small receptive field), so Grams at coarser

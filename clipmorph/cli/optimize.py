@@ -15,7 +15,7 @@ def _default(name: str) -> str:
     from clipmorph.optimize import OptimizeConfig
 
     value = next(f.default for f in fields(OptimizeConfig) if f.name == name)
-    return f"[default: {','.join(map(str, value)) if isinstance(value, tuple) else value}]"
+    return f"(default: {','.join(map(str, value)) if isinstance(value, tuple) else value})"
 
 
 def _key_values(items: list[str], option: str) -> dict[str, str]:
@@ -37,9 +37,11 @@ def optimize(
     init: str | None = typer.Option(None, help=f"Start from 'content' or 'noise'. {_default('init')}"),
     iters: int | None = typer.Option(None, help=f"Iterations per resolution level. {_default('iters')}"),
     lr: float | None = typer.Option(None, help="Step size; 0 = optimiser default (L-BFGS 1, Adam 0.02)."),
-    content_weight: float | None = typer.Option(None, help=f"{_default('content_weight')}"),
-    style_weight: float | None = typer.Option(None, help=f"{_default('style_weight')}"),
-    tv_weight: float | None = typer.Option(None, help=f"{_default('tv_weight')}"),
+    content_weight: float | None = typer.Option(None, help=f"Weight of the content loss. {_default('content_weight')}"),
+    style_weight: float | None = typer.Option(None, help=f"Weight of the style loss. {_default('style_weight')}"),
+    tv_weight: float | None = typer.Option(
+        None, help=f"Weight of total variation (smoothness). {_default('tv_weight')}"
+    ),
     levels: int | None = typer.Option(None, help=f"Coarse-to-fine levels, each half the next. {_default('levels')}"),
     seed: int | None = typer.Option(None, help=f"Seed of the noise init. {_default('seed')}"),
     save_every: int | None = typer.Option(None, help="Write an intermediate image every N iterations (and a GIF)."),
@@ -88,8 +90,10 @@ def sweep(
     style: list[str] = typer.Option([], "--style", "-s", help="Style (name or image[:WEIGHT]); repeat to mix."),
     mix: str | None = typer.Option(None, help="A,B: sweep the mix ratio between two styles (parameter 'mix')."),
     mix_steps: int = typer.Option(5, help="Ratios 0..1 in this many steps when --mix is given."),
-    out: Path | None = typer.Option(None, help="Folder for results and the contact sheet [default: <runs>/sweeps/]"),
-    name: str | None = typer.Option(None, help="Name of the parent run [default: sweep-<kind>-<time>]"),
+    out: Path | None = typer.Option(
+        None, help="Folder for results and the contact sheet (default: <runs>/sweeps/<name>)"
+    ),
+    name: str | None = typer.Option(None, help="Name of the parent run (default: sweep-<kind>-<time>)"),
     cell: int = typer.Option(256, help="Side of each contact-sheet cell in pixels."),
 ) -> None:
     """Run a grid of optimise or short-train runs as children of one MLflow run, with a contact sheet."""
