@@ -73,7 +73,12 @@ class OptimizeConfig:
     @classmethod
     def from_overrides(cls, overrides: dict[str, str], base: OptimizeConfig | None = None) -> OptimizeConfig:
         """Build from 'key=value' strings (CLI, sweeps, MLflow params), converting each to the field's type."""
-        return replace(base, **coerce(cls, overrides)) if base else cls(**coerce(cls, overrides))
+        if base is not None:
+            return replace(base, **coerce(cls, overrides))
+        missing = [name for name in ("content", "style") if name not in overrides]
+        if missing:
+            raise ValueError(f"an optimisation needs {' and '.join(missing)}")
+        return cls(**coerce(cls, overrides))
 
     def to_params(self) -> dict[str, str]:
         """Every field as a string that `from_overrides` turns back into the same value."""

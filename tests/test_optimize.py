@@ -87,6 +87,10 @@ def test_from_run_repeats_the_recorded_parameters_exactly(settings, photo, tmp_p
     assert gif.n_frames == 2  # snapshots at steps 2 and 4 (the result)
     assert {f.path for f in client.list_artifacts(first_id)} == {"first.png", "first.gif"}
 
+    third = cli.invoke(app, ["optimize", "--from-run", first_id, str(tmp_path / "third.png")])
+    assert third.exit_code == 0, third.output
+    assert Image.open(tmp_path / "third.png").size == (40, 40)
+
     changed, _ = config_from_run(first_id, {"iters": "9"})
     assert changed.iters == 9 and changed.seed == 7
 

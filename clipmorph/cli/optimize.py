@@ -27,7 +27,9 @@ def _key_values(items: list[str], option: str) -> dict[str, str]:
 
 @app.command()
 def optimize(
-    content: Path | None = typer.Argument(None, help="Content photo (not needed with --from-run)."),
+    content: Path | None = typer.Argument(
+        None, help="Content photo (with --from-run: optional, replaces the recorded one)."
+    ),
     output: Path | None = typer.Argument(None, help="Result image; with --from-run defaults to <recorded>-rerun.png."),
     style: list[str] = typer.Option(
         [], "--style", "-s", help="Style name or image, optionally :WEIGHT; repeat to mix (weights > 0, normalised)."
@@ -63,6 +65,8 @@ def optimize(
         overrides["style"] = ",".join(style)
     try:
         if from_run:
+            if output is None and content is not None:  # `--from-run ID OUT`: the one path given is the output
+                content, output = None, content
             if content is not None:
                 overrides["content"] = str(content)
             cfg, recorded_output = config_from_run(from_run, overrides)
