@@ -24,6 +24,7 @@ from clipmorph import losses
 from clipmorph.artifact import sha256_file
 from clipmorph.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
 from clipmorph.settings import get_settings
+from clipmorph.train import pick_device
 from clipmorph.vgg import VGGFeatures, load_vgg
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,17 @@ def coerce(cls: type, overrides: dict[str, str]) -> dict[str, object]:
         if key not in types:
             raise ValueError(f"unknown option {key!r}; options: {', '.join(sorted(types))}")
         default = types[key].default
-        if isinstance(default, bool):
-            kwargs[key] = raw.lower() in {"1", "true", "yes", "on"}
-        elif isinstance(default, tuple):
-            kwargs[key] = tuple(type(default[0])(v) if default else v for v in raw.split(",") if v)
-        elif isinstance(default, int | float):
-            kwargs[key] = type(default)(float(raw)) if isinstance(default, int) else float(raw)
-        else:
-            kwargs[key] = raw
+        try:
+            if isinstance(default, bool):
+                kwargs[key] = raw.lower() in {"1", "true", "yes", "on"}
+            elif isinstance(default, tuple):
+                kwargs[key] = tuple(type(default[0])(v) if default else v for v in raw.split(",") if v)
+            elif isinstance(default, int | float):
+                kwargs[key] = type(default)(float(raw)) if isinstance(default, int) else float(raw)
+            else:
+                kwargs[key] = raw
+        except ValueError:
+            raise ValueError(f"option {key}: {raw!r} is not a valid {type(default).__name__}") from None
     return kwargs
 
 
@@ -127,12 +131,6 @@ class OptimizeResult:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     run_id: str | None = None
     output: Path | None = None
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def level_shapes(content_hw: tuple[int, int], size: int, levels: int) -> list[tuple[int, int]]:
