@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
+
+from clipmorph.artifact import sha256_file
 
 
 class DownloadError(RuntimeError):
@@ -20,7 +21,7 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     The file appears at `dest` only when complete (and, if `sha256` is given, verified).
     """
     dest = Path(dest)
-    if dest.exists() and (sha256 is None or _sha256(dest) == sha256):
+    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -51,16 +52,8 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
                     raise DownloadError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to resume")
     except httpx.HTTPError as e:
         raise DownloadError(f"could not download {url}: {e}") from e
-    if sha256 is not None and (got := _sha256(part)) != sha256:
+    if sha256 is not None and (got := sha256_file(part)) != sha256:
         part.unlink()
         raise DownloadError(f"{url}: sha256 {got} does not match the expected {sha256}")
     os.replace(part, dest)
     return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import mlflow
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from clipmorph import registry
@@ -21,18 +17,8 @@ NAME = registry.registered_name(STYLE)
 GOOD = {"warping_ratio": 2.0, "style_loss": 1.0, "content_loss": 5.0, "fps_cpu_640x360": 30.0}
 
 
-@pytest.fixture(scope="session")
-def empty_registry_db(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its schema created once: migrating a fresh one takes seconds per test."""
-    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}", f"sqlite:///{db}").search_registered_models()
-    return db
-
-
 @pytest.fixture
-def client(settings, empty_registry_db):
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(empty_registry_db, settings.var_dir / "mlflow.db")
+def client(settings):
     return registry.configure(settings)
 
 

@@ -105,14 +105,7 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
         status=schemas.JobState.queued,
         status_url=status_url,
         result_url=result_url,
-        input=schemas.VideoSummary(
-            width=info.width,
-            height=info.height,
-            frames=info.frames,
-            duration=info.duration,
-            fps=info.fps,
-            has_audio=info.has_audio,
-        ),
+        input=schemas.VideoSummary.model_validate(info, from_attributes=True),
     )
 
 

@@ -78,29 +78,8 @@ async def model_preview(name: StyleName, services: ServicesDep) -> FileResponse:
 
 
 def _promotion_body(result: PromotionResult) -> schemas.Promotion:
-    return schemas.Promotion(
-        name=style_of(result.name),
-        registered_name=result.name,
-        version=result.version,
-        promoted=result.promoted,
-        changed=result.changed,
-        previous=result.previous,
-        forced=result.forced,
-        message=result.message,
-        checks=[
-            schemas.GateCheck(
-                metric=c.metric,
-                candidate=c.candidate,
-                champion=c.champion,
-                limit=c.limit,
-                higher_is_better=c.higher_is_better,
-                passed=c.passed,
-            )
-            for c in result.checks
-        ],
-        candidate_metrics=result.candidate_metrics,
-        champion_metrics=result.champion_metrics,
-    )
+    fields = vars(result) | {"name": style_of(result.name), "registered_name": result.name}
+    return schemas.Promotion.model_validate(fields, from_attributes=True)
 
 
 @router.post(
