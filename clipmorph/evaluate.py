@@ -31,9 +31,12 @@ from clipmorph import losses
 from clipmorph.artifact import ModelInfo, load_model, sha256_file
 from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
 from clipmorph.flow import warping_errors
+from clipmorph.inference import StylizeOptions, norm_smoothing
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
+from clipmorph.stabilize import FlowStabilizer, estimate_motion
 from clipmorph.vgg import VGGFeatures, load_vgg
+from clipmorph.video import stabilize_modes
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +212,18 @@ def photo_losses(
     }
 
 
+def flow_stabilized(frames: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The video engine's flow-guided blending applied to rendered frames (float32 in [0, 1])."""
+    stabilizer = FlowStabilizer()
+    result, previous = [], None
+    for frame, out in zip(frames, outputs, strict=True):
+        motion = estimate_motion(previous, frame) if previous is not None else None
+        blended = stabilizer(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), motion)
+        result.append(blended.astype(np.float32) / 255)
+        previous = frame
+    return result
+
+
 def temporal_metrics(frames: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> dict[str, float]:
     """Warping errors of each rendering (keyed by metric prefix) and of the input, flow computed once."""
     inputs = [f.astype(np.float32) / 255 for f in frames]
@@ -269,7 +284,10 @@ def evaluate(
     model_dir = registry.resolve(model_dir_or_ref).path
     model, info = load_model(model_dir)
     setup = LossSetup.from_info(info)
-    smoothing = float(info.recommended.get("norm_smoothing", 0.0))
+    # The clip is rendered the way `clipmorph stylize` renders by default; the baseline without any stabilisation.
+    defaults = StylizeOptions()
+    use_norm, use_flow = stabilize_modes(defaults.stabilize)
+    smoothing = norm_smoothing(info) if use_norm else 0.0
 
     vgg = load_vgg(settings.vgg_weights_path).to(dev)
     vgg.check([setup.content_layer, *setup.style_layers])
@@ -278,11 +296,13 @@ def evaluate(
 
     model = _prepare(model, dev)
     metrics = photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
-    runs = {"": smoothing} | ({BASELINE_PREFIX: 0.0} if baseline else {})
+    runs = {"": (smoothing, use_flow)} | ({BASELINE_PREFIX: (0.0, False)} if baseline else {})
     outputs: dict[str, list[np.ndarray]] = {}
-    for prefix, alpha in runs.items():
+    for prefix, (alpha, flow_blend) in runs.items():
         model.set_norm_smoothing(alpha)
         outputs[prefix] = stylize_frames(_prepare(model, dev), frames, opts.batch, dev)
+        if flow_blend:
+            outputs[prefix] = flow_stabilized(frames, outputs[prefix])
         metrics |= {prefix + k: v for k, v in speed_metrics(model, opts).items()}
         if prefix:
             # Photo losses never use smoothing, so the baseline's are the same numbers.

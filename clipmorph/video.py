@@ -459,7 +459,7 @@ class _Reporter:
             self._progress(Progress(done, self.total, fps, max(eta, 0.0) if eta is not None else None))
 
 
-def _stabilize_modes(mode: str) -> tuple[bool, bool]:
+def stabilize_modes(mode: str) -> tuple[bool, bool]:
     """(norm smoothing?, flow blending?)"""
     return mode in ("norm", "both"), mode in ("flow", "both")
 
@@ -482,7 +482,7 @@ def stylize_video(
     info = probe(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dst)
-    use_norm, use_flow = _stabilize_modes(options.stabilize)
+    use_norm, use_flow = stabilize_modes(options.stabilize)
     previous_smoothing = model.norms()[0].smoothing if model.norms() else 0.0
     smoothing = options.norm_smoothing if options.norm_smoothing is not None else DEFAULT_NORM_SMOOTHING
     model.set_norm_smoothing(smoothing if use_norm else 0.0)

@@ -47,15 +47,15 @@ def test_quick_evaluation_returns_every_metric_and_logs_them(settings, tmp_path)
     assert tags["eval.profile"] == "quick"
 
 
-def test_baseline_repeats_clip_and_speed_numbers_without_smoothing(settings, tmp_path):
+def test_baseline_measures_the_clip_without_stabilisation(settings, tmp_path):
     model_dir = tiny_model(tmp_path / "m", smoothing=0.9)
     metrics = ev.evaluate(model_dir, baseline=True, options=TINY, device="cpu")
     for key in ev.METRIC_KEYS:
         assert f"{ev.BASELINE_PREFIX}{key}" in metrics
-    # Photos are never smoothed; the clip is, so its outputs (and error) change.
+    # Photos are never stabilised; the clip is (as `clipmorph stylize` does by default), which steadies it.
     assert metrics["baseline_style_loss"] == metrics["style_loss"]
     assert metrics["baseline_warping_error_input"] == metrics["warping_error_input"]
-    assert metrics["baseline_warping_error"] != metrics["warping_error"]
+    assert metrics["warping_error"] < metrics["baseline_warping_error"]
 
 
 def test_smoothing_state_carries_across_batches(settings):
@@ -110,7 +110,7 @@ def test_cli_evaluate_prints_a_table_for_a_folder(settings, tmp_path, monkeypatc
     model_dir = tiny_model(tmp_path / "m", style={})
     result = CliRunner().invoke(app, ["evaluate", str(model_dir), "--style", "candy", "--baseline"])
     assert result.exit_code == 0, result.output
-    assert "warping_ratio" in result.output and "no smoothing" in result.output
+    assert "warping_ratio" in result.output and "no stabilisation" in result.output
 
     no_style = CliRunner().invoke(app, ["evaluate", str(model_dir)])
     assert no_style.exit_code != 0 and "no style" in no_style.output

@@ -36,10 +36,13 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 @app.command()
 def evaluate(
     model: str = typer.Argument(..., help="Model folder or registry ref (kandinsky, kandinsky@champion, kandinsky/3)."),
-    baseline: bool = typer.Option(False, "--baseline", help="Also measure with norm smoothing off."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also measure with inference-time stabilisation off."),
     full: bool = typer.Option(False, "--full", help="More photos, frames and timing iterations (slower)."),
     style: str | None = typer.Option(None, help="Style spec for the style loss when config.json records none."),
     log: bool = typer.Option(True, help="Log the metrics on the registered version's MLflow run."),
+    record: bool = typer.Option(
+        False, "--record", help="Store the metrics in a model folder's config.json (how built-in models carry them)."
+    ),
     device: str | None = typer.Option(None, help="cpu or cuda for the losses and clip (default: cuda if present)."),
 ) -> None:
     """Style/content loss on validation photos, warping error on a clip, frames/s at 640x360."""
@@ -56,14 +59,27 @@ def evaluate(
     seconds = time.perf_counter() - start
     columns = {"model": {k: v for k, v in metrics.items() if not k.startswith(BASELINE_PREFIX)}}
     if baseline:
-        columns["no smoothing"] = {
+        columns["no stabilisation"] = {
             k.removeprefix(BASELINE_PREFIX): v for k, v in metrics.items() if k.startswith(BASELINE_PREFIX)
         }
     label = f"{resolved.name} v{resolved.version}" if resolved.name else str(resolved.path)
     _print(metrics_table(f"{label} ({'full' if full else 'quick'} evaluation, {seconds:.1f} s)", columns))
+    if record and not resolved.name:
+        record_metrics(resolved.path, metrics)
+        typer.echo(f"recorded in {resolved.path / 'config.json'}")
     if log and resolved.name:
         log_metrics(registry.configure(), resolved.name, resolved.version, metrics, "full" if full else "quick")
         typer.echo(f"logged to {resolved.name} version {resolved.version}")
+
+
+def record_metrics(model_dir, metrics: dict[str, float]) -> None:
+    """Write metrics into config.json's train.metrics; register_builtins() logs them on registration."""
+    import json
+
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("train", {})["metrics"] = {k: round(v, 6) for k, v in metrics.items()}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 @app.command()

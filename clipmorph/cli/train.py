@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import typer
 
 from clipmorph.cli.app import app, fail
@@ -29,3 +31,37 @@ def train(
     if result.metrics:
         typer.echo("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
         typer.echo("now champion" if result.champion else "champion unchanged (see `clipmorph promote`)")
+
+
+@app.command("contact-sheet")
+def contact_sheet(
+    output: Path = typer.Argument(..., help="PNG/JPEG to write."),
+    models: list[str] = typer.Option(..., "--model", help="Model reference; repeat for each column."),
+    photos: int = typer.Option(4, help="How many validation photos (rows)."),
+    cell: int = typer.Option(256, help="Side of each cell in pixels."),
+) -> None:
+    """A validation photos x models grid: each photo, then each model's stylization of it."""
+    from clipmorph.contact_sheet import tile
+    from clipmorph.data import find_images, load_rgb
+    from clipmorph.inference import StylizeOptions, load_stylizer, stylize_pil
+    from clipmorph.registry import ModelNotFoundError
+    from clipmorph.settings import get_settings
+
+    settings = get_settings()
+    paths = find_images([settings.photos_dir / settings.eval_photos])[:photos]
+    try:
+        loaded = [load_stylizer(ref) for ref in models]
+    except (ModelNotFoundError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    images, labels = [], []
+    for path in paths:
+        photo = load_rgb(path)
+        photo.thumbnail((cell * 2, cell * 2))
+        images.append(photo)
+        labels.append([path.name])
+        for ref, m in zip(models, loaded, strict=True):
+            images.append(stylize_pil(m.model, photo, StylizeOptions()))
+            labels.append([ref])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tile(images, labels, columns=len(models) + 1, cell=cell).save(output)
+    typer.echo(f"wrote {output}")
