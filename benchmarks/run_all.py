@@ -1,8 +1,15 @@
-"""`make bench`: every benchmark in one run, so the numbers are comparable."""
+"""`make bench`: every benchmark in one run, so the numbers are comparable.
+
+The U-Net presets and the Johnson TransformerNet baseline are measured side by side,
+network alone (bench_network) and decode + stylize + encode (bench_pipeline).
+"""
+
+import sys
 
 import bench_network
 import bench_pipeline
 
 if __name__ == "__main__":
-    bench_network.main()
-    bench_pipeline.main([])
+    bench_network.main(["--threads", "2", "--frames", "8"])
+    pipeline_args = ["--presets", "fast,johnson", "--stabilize", "none,flow", "--frames", "24"]
+    bench_pipeline.main(pipeline_args + sys.argv[1:])
