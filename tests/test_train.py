@@ -95,3 +95,12 @@ def test_blended_style_and_bad_override(settings):
         TrainConfig.from_overrides({"itters": "5"})
     cfg = TrainConfig.from_overrides({"style": "starrynight:1,kanagawa:3", "iters": "5", "style_scales": "1,0.5"})
     assert cfg.iters == 5 and cfg.style_scales == (1.0, 0.5) and cfg.name == "starrynight-1+kanagawa-3"
+
+
+def test_wandb_offline_run_gets_config_losses_and_validation_images(settings, tiny_photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(tiny_config(tiny_photos, tmp_path, iters=3, register=False))
+    (run,) = (settings.var_dir / "wandb").glob("offline-run-*")
+    assert list(run.glob("run-*.wandb"))
+    images = list((run / "files" / "media" / "images").glob("validation_3_*.png"))
+    assert len(images) == 1

@@ -1,0 +1,57 @@
+import pytest
+from PIL import Image
+
+from clipmorph.data import PhotoDataset, find_images, parse_style_spec, visual_genome_images
+
+
+def _img(path, mode="RGB", size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128 if mode in ("L", "P") else (10, 200, 30) if mode == "RGB" else (1, 2, 3, 4)).save(path)
+    return path
+
+
+def test_visual_genome_layout(tmp_path):
+    a = _img(tmp_path / "VG_100K" / "1.jpg")
+    b = _img(tmp_path / "VG_100K_2" / "2.jpg")
+    _img(tmp_path / "elsewhere" / "3.jpg")
+    assert visual_genome_images(tmp_path) == [a, b]
+    with pytest.raises(FileNotFoundError, match="VG_100K"):
+        visual_genome_images(tmp_path / "elsewhere")
+
+
+def test_any_folder_nested_all_formats_and_modes_become_rgb_crops(tmp_path):
+    paths = [
+        _img(tmp_path / "a.jpg"),
+        _img(tmp_path / "deep" / "b.png", "L"),
+        _img(tmp_path / "deep" / "c.bmp", "P"),
+        _img(tmp_path / "deep" / "er" / "d.webp"),
+        _img(tmp_path / "e.jpg", "CMYK"),
+    ]
+    (tmp_path / "notes.txt").write_text("not an image")
+    val = _img(tmp_path / "val" / "v.jpg")
+    found = find_images([tmp_path], exclude=[tmp_path / "val"])
+    assert sorted(found) == sorted(paths) and val not in found
+    ds = PhotoDataset(found, size=24)
+    for i in range(len(ds)):
+        x = ds[i]
+        assert x.shape == (3, 24, 24) and x.min() >= 0 and x.max() <= 1
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    good = _img(tmp_path / "good.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    ds = PhotoDataset([bad, good], size=16)
+    assert ds[0].shape == (3, 16, 16)
+    assert ds.unreadable == {bad}
+
+
+def test_style_blend_weights_are_normalised_and_validated(tmp_path):
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "b.png")
+    blend = parse_style_spec("a:3,b:1", tmp_path)
+    assert [(s.path.name, s.weight) for s in blend] == [("a.jpg", 0.75), ("b.png", 0.25)]
+    with pytest.raises(ValueError, match="positive"):
+        parse_style_spec("a:1,b:-1", tmp_path)
+    with pytest.raises(FileNotFoundError, match="known styles: a, b"):
+        parse_style_spec("c", tmp_path)
