@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     max_video_side: int = 4096
     max_image_pixels: int = 60_000_000
     tile_pixels: int = 1024 * 1024
-    x264_preset: str = Field("medium", description="libx264 speed/size trade-off for stylized videos.")
+    # On a 2-core CPU the encoder competes with the network: "medium" held the pipeline to 83% of
+    # network-alone frames/s at 640x360, "veryfast" to 87% (benchmarks/bench_pipeline.py).
+    x264_preset: str = Field("veryfast", description="libx264 speed/size trade-off for stylized videos.")
     champion_alias: str = "champion"
 
     # Evaluation (clipmorph evaluate) and the promotion gate (clipmorph promote).
