@@ -97,24 +97,21 @@ def gate(candidate: dict[str, float], champion: dict[str, float]) -> list[GateCh
     """The checks a candidate must pass against the champion (both must have GATE_KEYS)."""
     s = get_settings()
     fps = CUDA_FPS if CUDA_FPS in candidate and CUDA_FPS in champion else CPU_FPS
+    # (metric, tolerance, higher is better): how far the candidate may fall behind the champion on each.
+    rules = [
+        ("warping_ratio", s.gate_warping_tolerance, False),
+        ("style_loss", s.gate_style_tolerance, False),
+        (fps, s.gate_fps_tolerance, True),
+    ]
     return [
         GateCheck(
-            "warping_ratio",
-            candidate["warping_ratio"],
-            champion["warping_ratio"],
-            champion["warping_ratio"] * (1 + s.gate_warping_tolerance),
-            higher_is_better=False,
-        ),
-        GateCheck(
-            "style_loss",
-            candidate["style_loss"],
-            champion["style_loss"],
-            champion["style_loss"] * (1 + s.gate_style_tolerance),
-            higher_is_better=False,
-        ),
-        GateCheck(
-            fps, candidate[fps], champion[fps], champion[fps] * (1 - s.gate_fps_tolerance), higher_is_better=True
-        ),
+            metric,
+            candidate[metric],
+            champion[metric],
+            champion[metric] * (1 - tolerance if higher else 1 + tolerance),
+            higher_is_better=higher,
+        )
+        for metric, tolerance, higher in rules
     ]
 
 

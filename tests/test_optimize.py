@@ -1,7 +1,6 @@
 import os
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -12,13 +11,7 @@ from clipmorph.optimize import OptimizeConfig, config_from_run, optimize, refere
 TINY = dict(size=48, iters=12, style_scales=(1.0, 0.5))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny images on a shared, loaded CPU: a second intra-op thread only waits at barriers (40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

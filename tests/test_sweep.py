@@ -1,7 +1,6 @@
 import shutil
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -10,14 +9,7 @@ from clipmorph.cli import app
 from clipmorph.contact_sheet import sheet_size, tile
 from clipmorph.sweep import grid, mix_spec, mix_values, parse_param, point_overrides, run_sweep
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny images on a shared, loaded CPU: a second intra-op thread only waits at barriers (40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def children_of(client: MlflowClient, parent_id: str) -> list:
