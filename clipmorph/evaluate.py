@@ -31,7 +31,7 @@ from clipmorph import losses
 from clipmorph.artifact import ModelInfo, load_model, sha256_file
 from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
 from clipmorph.flow import warping_errors
-from clipmorph.inference import StylizeOptions, norm_smoothing
+from clipmorph.inference import StylizeOptions, norm_smoothing, resolve_device
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
 from clipmorph.stabilize import FlowStabilizer, estimate_motion
@@ -89,10 +89,6 @@ class LossSetup:
             style_scales=tuple(float(s) for s in train.get("style_scales", defaults.style_scales)),
             style_size=int(train.get("style_size", defaults.style_size)),
         )
-
-
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def style_spec(info: ModelInfo) -> str:
@@ -280,7 +276,7 @@ def evaluate(
 
     settings = get_settings()
     opts = options or EvalOptions.preset(quick)
-    dev = pick_device(device)
+    dev = resolve_device(device or "auto")
     model_dir = registry.resolve(model_dir_or_ref).path
     model, info = load_model(model_dir)
     setup = LossSetup.from_info(info)

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from clipmorph import losses
 from clipmorph.artifact import sha256_file
 from clipmorph.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.inference import resolve_device
 from clipmorph.settings import get_settings
-from clipmorph.train import pick_device
 from clipmorph.vgg import VGGFeatures, load_vgg
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def optimize_level(cfg: OptimizeConfig, objective: Objective, x: torch.Tensor, p
 def optimize(cfg: OptimizeConfig, frames_dir: Path | None = None, vgg: VGGFeatures | None = None) -> OptimizeResult:
     """Run the optimisation; intermediate images go to `frames_dir` when cfg.save_every > 0."""
     settings = get_settings()
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     styles = parse_style_spec(cfg.style, settings.styles_dir)
     vgg = (vgg or load_vgg(settings.vgg_weights_path)).to(device)
     vgg.check([cfg.content_layer, *cfg.style_layers])

@@ -75,7 +75,7 @@ def configure(settings: Settings | None = None) -> MlflowClient:
 
 def register_model_dir(client: MlflowClient, model_dir: Path, style: str, run_id: str) -> ModelVersion:
     """Upload `model_dir` as the run's `model` artifact and register it as a new version."""
-    mlflow.MlflowClient(client.tracking_uri).log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
+    client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
     name = registered_name(style)
     try:
         client.create_registered_model(name, description=f"clipmorph stylizer for style '{style}'")

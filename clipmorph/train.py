@@ -21,6 +21,7 @@ from tqdm import tqdm
 from clipmorph import losses
 from clipmorph.artifact import ModelInfo, save_model, sha256_file
 from clipmorph.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.inference import resolve_device
 from clipmorph.network import PRESETS, Stylizer
 from clipmorph.settings import get_settings
 from clipmorph.vgg import load_vgg
@@ -80,12 +81,6 @@ class TrainConfig:
             else:
                 kwargs[key] = type(default)(raw)
         return cls(**kwargs)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -166,7 +161,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig) -> TrainResult:
     settings = get_settings()
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
