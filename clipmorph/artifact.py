@@ -68,6 +68,8 @@ def load_model(directory: Path | str, device: str | torch.device = "cpu") -> tup
     info = read_info(directory)
     model = Stylizer(info.net)
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    # The frame size the model was trained for; inference scales frames to it (see inference.network_size).
+    model.frame_side = info.recommended.get("frame_side")
     return model.to(device).eval(), info
 
 

@@ -57,19 +57,36 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 class PhotoDataset(Dataset):
-    """Random resized crops of photos; unreadable files are skipped with a warning and counted."""
+    """Random crops of photos shown at frame scale; unreadable files are skipped with a warning and counted.
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
+    Each photo is first scaled so that its longer side is about `frame_side` (x0.8 to x1.25), the size at
+    which frames reach the network, then a `size` square is cut from it. Objects, edges and flat areas
+    therefore have the sizes the network will meet in video. With frame_side=0 the older
+    random-resized-crop (25 to 100 % of the photo) is used instead.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int, frame_side: int = 0) -> None:
         if not paths:
             raise ValueError("no training images found")
         self.paths = list(paths)
+        self.size = size
+        self.frame_side = frame_side
         self.unreadable: set[Path] = set()
-        self.transform = v2.Compose(
-            [v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        )
+        if frame_side:
+            self.transform = v2.Compose([v2.RandomCrop(size), v2.RandomHorizontalFlip()])
+        else:
+            self.transform = v2.Compose(
+                [v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _at_frame_scale(self, img: Image.Image) -> Image.Image:
+        side = self.frame_side * float(torch.empty(()).uniform_(0.8, 1.25))
+        scale = max(side / max(img.size), self.size / min(img.size))
+        new = (max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale)))
+        return img.resize(new, Image.BICUBIC if scale > 1 else Image.LANCZOS)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         for offset in range(len(self.paths)):
@@ -77,7 +94,10 @@ class PhotoDataset(Dataset):
             if path in self.unreadable:
                 continue
             try:
-                return self.transform(to_tensor(load_rgb(path)))
+                img = load_rgb(path)
+                if self.frame_side:
+                    img = self._at_frame_scale(img)
+                return self.transform(to_tensor(img))
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 self.unreadable.add(path)
                 log.warning("skipping unreadable image %s: %s", path, e)
@@ -129,10 +149,15 @@ def resolve_style_path(name: str, styles_dir: Path) -> Path:
     )
 
 
-def load_style_tensor(path: Path, max_side: int) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1], downscaled so the longer side is at most `max_side`."""
+def load_style_tensor(path: Path, side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1], scaled so the longer side is `side` pixels.
+
+    The painting is shown at the size of a frame, so that its strokes keep their size relative to the
+    picture (a small painting is enlarged rather than left with strokes that look finer than they are).
+    """
     img = load_rgb(path)
-    scale = max_side / max(img.size)
-    if scale < 1:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+    scale = side / max(img.size)
+    if scale != 1:
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
     return to_tensor(img).unsqueeze(0)

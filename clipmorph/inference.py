@@ -36,7 +36,10 @@ class ImageError(ValueError):
 
 @dataclass
 class StylizeOptions:
-    max_side: int | None = None  # stylize at most this long a side, then scale back to the input size
+    # The longer side the network sees; the result is scaled back to the input size. None: the model's own
+    # frame side (the frame size it was trained for, so strokes keep their size relative to the picture);
+    # 0: the input's own size.
+    max_side: int | None = None
     strength: float = 1.0  # 0 = the original, 1 = fully stylized
     # "none" | "norm" | "flow" | "both" (videos only). On carphone (45 frames, seeded random `fast` net) the
     # warping error was none 0.0095, norm 0.0095, flow 0.0017, both 0.0017 (input itself: 0.00037).
@@ -52,8 +55,8 @@ class StylizeOptions:
             raise ValueError(f"stabilize must be one of {', '.join(STABILIZE_MODES)}, got {self.stabilize!r}")
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
-        if self.max_side is not None and self.max_side < 16:
-            raise ValueError(f"max_side must be at least 16, got {self.max_side}")
+        if self.max_side is not None and self.max_side != 0 and self.max_side < 16:
+            raise ValueError(f"max_side must be 0 (the input size) or at least 16, got {self.max_side}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 <= self.crf <= 51:
@@ -101,6 +104,22 @@ def norm_smoothing(info: ModelInfo | None) -> float:
     """The model's recommended instance-norm smoothing for video, else the default."""
     value = (info.recommended if info else {}).get("norm_smoothing")
     return float(value) if value is not None else DEFAULT_NORM_SMOOTHING
+
+
+def network_size(width: int, height: int, max_side: int | None, model: Stylizer) -> tuple[int, int]:
+    """(w, h) at which the network runs for an input of width x height.
+
+    An explicit max_side only ever shrinks (0: the input size). Without one, the input is scaled, up or
+    down, to the model's frame side: its strokes were learned at that frame size, and the same stroke
+    size relative to the picture is what makes 360p and 720p outputs of one clip look alike.
+    """
+    if max_side is not None:
+        return fit_size(width, height, max_side or None)
+    side = getattr(model, "frame_side", None)
+    if not side:
+        return width, height
+    scale = side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -165,7 +184,7 @@ def stylize_frames(model: Stylizer, frames: np.ndarray) -> np.ndarray:
 def stylize_array(model: Stylizer, rgb: np.ndarray, options: StylizeOptions) -> np.ndarray:
     """One HxWx3 uint8 image -> stylized, same size; tiled when it is larger than settings.tile_pixels."""
     h, w = rgb.shape[:2]
-    net_in = resize(rgb, fit_size(w, h, options.max_side))
+    net_in = resize(rgb, network_size(w, h, options.max_side, model))
     device = model_device(model)
     x = to_tensor(net_in[None], device)
     tile_pixels = get_settings().tile_pixels

@@ -24,10 +24,16 @@ class NetConfig:
     strides: tuple[int, int, int] = (1, 2, 2)
     res_blocks: int = 5
     skips: bool = True
+    # "instance" (Ulyanov et al.) or "none". Instance norm couples every pixel to whole-image statistics,
+    # which is what lets a network grow "droplet" blobs (StyleGAN2, sec. 2); "none" is purely local.
+    norm: str = "instance"
+    # Space-to-depth in / sub-pixel out (Shi et al. 2016) instead of a strided first conv and a
+    # nearest-upsample + conv last layer: full-resolution detail reaches the output at half-res cost.
+    shuffle: bool = False
 
     @property
     def stride(self) -> int:
-        total = 1
+        total = 2 if self.shuffle else 1
         for s in self.strides:
             total *= s
         return total
@@ -43,6 +49,8 @@ class NetConfig:
             strides=tuple(d["strides"]),
             res_blocks=int(d["res_blocks"]),
             skips=bool(d["skips"]),
+            norm=str(d.get("norm", "instance")),
+            shuffle=bool(d.get("shuffle", False)),
         )
 
 
@@ -54,6 +62,14 @@ PRESETS: dict[str, NetConfig] = {
     "fast": NetConfig(channels=(16, 32, 64), kernels=(3, 3, 3), strides=(2, 2, 2)),
     # pytorch/examples fast_neural_style TransformerNet: the baseline every benchmark compares with.
     "johnson": NetConfig(channels=(32, 64, 128), kernels=(9, 3, 3), strides=(1, 2, 2), skips=False),
+    # Real-time painter: space-to-depth in, sub-pixel out, body at 1/8 scale, no normalisation.
+    "rt": NetConfig(
+        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="none", shuffle=True
+    ),
+    # The same with instance norm (for the ablation in docs/training.md).
+    "rt_in": NetConfig(
+        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="instance", shuffle=True
+    ),
 }
 
 
@@ -106,22 +122,30 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return TemporalInstanceNorm(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose 'instance' or 'none'")
+
+
 class ConvNormReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: int = 1) -> None:
-        super().__init__(
-            ConvLayer(cin, cout, kernel, stride, upsample), TemporalInstanceNorm(cout), nn.ReLU(inplace=True)
-        )
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: int = 1, norm: str = "instance"
+    ) -> None:
+        super().__init__(ConvLayer(cin, cout, kernel, stride, upsample), make_norm(norm, cout), nn.ReLU(inplace=True))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "instance") -> None:
         super().__init__()
         self.body = nn.Sequential(
             ConvLayer(channels, channels, 3),
-            TemporalInstanceNorm(channels),
+            make_norm(norm, channels),
             nn.ReLU(inplace=True),
             ConvLayer(channels, channels, 3),
-            TemporalInstanceNorm(channels),
+            make_norm(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,18 +158,60 @@ class Stylizer(nn.Module):
     def __init__(self, config: NetConfig = PRESETS["standard"]) -> None:
         super().__init__()
         self.config = config
-        c, k, s = config.channels, config.kernels, config.strides
-        self.down1 = ConvNormReLU(3, c[0], k[0], s[0])
-        self.down2 = ConvNormReLU(c[0], c[1], k[1], s[1])
-        self.down3 = ConvNormReLU(c[1], c[2], k[2], s[2])
-        self.res = nn.Sequential(*[ResidualBlock(c[2]) for _ in range(config.res_blocks)])
-        self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2])
-        self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1])
-        self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
+        # Longer side of the frames the model was trained for (set from config.json by artifact.load_model).
+        self.frame_side: int | None = None
+        c, k, s, n = config.channels, config.kernels, config.strides, config.norm
+        cin = 12 if config.shuffle else 3  # 2x2 space-to-depth packs 4 pixels x 3 colours per cell
+        self.down1 = ConvNormReLU(cin, c[0], k[0], s[0], norm=n)
+        self.down2 = ConvNormReLU(c[0], c[1], k[1], s[1], norm=n)
+        self.down3 = ConvNormReLU(c[1], c[2], k[2], s[2], norm=n)
+        self.res = nn.Sequential(*[ResidualBlock(c[2], n) for _ in range(config.res_blocks)])
+        self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2], norm=n)
+        self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1], norm=n)
+        if config.shuffle:
+            self.up3 = nn.Sequential(ConvLayer(c[0], cin, k[0], upsample=s[0]), nn.PixelShuffle(2))
+        else:
+            self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
+        if config.norm == "none":
+            self._init_unnormalised()
+        if config.shuffle:
+            self._init_subpixel()
+
+    def _init_subpixel(self) -> None:
+        """ICNR init (Aitken et al. 2017): the 4 sub-pixels of each colour start with the same filter.
+
+        A sub-pixel layer with independent random filters starts as a 2x2 checkerboard that training has
+        to undo; with shared filters it starts as nearest-neighbour up-sampling and has no checkerboard.
+        """
+        conv = [m for m in self.up3.modules() if isinstance(m, nn.Conv2d)][-1]
+        with torch.no_grad():
+            # PixelShuffle reads output channel c*4 + i as sub-pixel i of colour c.
+            conv.weight.copy_(conv.weight[::4].repeat_interleave(4, dim=0))
+            conv.bias.copy_(conv.bias[::4].repeat_interleave(4, dim=0))
+
+    def _init_unnormalised(self) -> None:
+        """He init, so signals keep their scale through ReLUs without a norm layer to restore it.
+
+        PyTorch's default conv init shrinks activations ~2.4x per layer; with no normalisation the
+        output of a fresh network is then nearly constant and the style loss has no gradient to follow.
+        Residual branches start small (Fixup-style) so the stacked blocks begin close to identity.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for block in self.res:
+            block.body[-2][-1].weight.data.mul_(0.1)
+        # The output layer starts small too: an image-range output, not one of std ~3.
+        last = [m for m in self.up3.modules() if isinstance(m, nn.Conv2d)][-1]
+        last.weight.data.mul_(0.1)
+        nn.init.constant_(last.bias, 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.config.stride)
+        if self.config.shuffle:
+            x = F.pixel_unshuffle(x, 2)
         e1 = self.down1(x)
         e2 = self.down2(e1)
         y = self.res(self.down3(e2))

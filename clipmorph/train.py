@@ -37,7 +37,8 @@ class TrainConfig:
     iters: int = 1200
     batch_size: int = 4
     size: int = 192  # training crop side
-    style_size: int = 384  # longer side of the style image
+    frame_side: int = 0  # photos are scaled to about this longer side before cropping (0: random resized crops)
+    style_size: int = 384  # longer side of the style image: the frame side, so strokes keep their relative size
     lr: float = 2e-3
     content_weight: float = 1.0
     style_weight: float = 5e4
@@ -57,6 +58,9 @@ class TrainConfig:
     train_dirs: tuple[str, ...] = ()  # default: <data>/photos minus the validation folder
     val_dir: str = ""  # default: <data>/photos/coco128_val2017
     run_dir: str = ""  # default: <runs>/<name>
+    # Start from a trained model of the same preset (a folder or registry reference) instead of random
+    # weights: its encoder and decoder already paint, so a new style needs a fraction of the steps.
+    init_from: str = ""
     register: bool = True
     evaluate: bool = True
 
@@ -94,6 +98,21 @@ def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor
                 target[key] = target.get(key, 0) + item.weight * g
     described = [{"name": i.path.stem, "sha256": sha256_file(i.path), "weight": i.weight} for i in images]
     return target, described
+
+
+def initial_model(cfg: TrainConfig) -> Stylizer:
+    """A fresh network of the preset, or the weights of `cfg.init_from` (which must have the same layout)."""
+    model = Stylizer(PRESETS[cfg.preset])
+    if not cfg.init_from:
+        return model
+    from clipmorph import registry
+    from clipmorph.artifact import load_model
+
+    source, info = load_model(registry.resolve(cfg.init_from).path)
+    if info.net != PRESETS[cfg.preset]:
+        raise ValueError(f"init_from {cfg.init_from!r} is not a {cfg.preset!r} network; pass --set preset=...")
+    model.load_state_dict(source.state_dict())
+    return model
 
 
 def validation_batch(cfg: TrainConfig, paths: list[Path]) -> torch.Tensor:
@@ -173,12 +192,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_roots = [Path(d) for d in cfg.train_dirs] or [photos]
     train_paths = find_images(train_roots, exclude=[val_dir])
     val_paths = find_images([val_dir]) if val_dir.exists() else train_paths
-    dataset = PhotoDataset(train_paths, cfg.size)
+    dataset = PhotoDataset(train_paths, cfg.size, cfg.frame_side)
 
     # Networks.
     vgg = load_vgg(settings.vgg_weights_path).to(device)
     vgg.check([cfg.content_layer, *cfg.style_layers])
-    model = Stylizer(PRESETS[cfg.preset]).to(device)
+    model = initial_model(cfg).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -247,6 +266,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         net=PRESETS[cfg.preset],
         style={"spec": cfg.style, "name": cfg.name, "images": style_desc},
         train=asdict(cfg) | results,
+        # Inference scales frames to the size the model learned its strokes at (inference.network_size).
+        recommended={"frame_side": cfg.frame_side} if cfg.frame_side else {},
     )
     model_dir = save_model(model, info, run_dir / "model")
     ckpt.path.unlink(missing_ok=True)  # finished: the next `make train` starts a new run

@@ -42,7 +42,7 @@ import av.error
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from clipmorph.inference import DEFAULT_NORM_SMOOTHING, StylizeOptions, blend, fit_size, resize, stylize_frames
+from clipmorph.inference import DEFAULT_NORM_SMOOTHING, StylizeOptions, blend, network_size, resize, stylize_frames
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
 from clipmorph.stabilize import FlowStabilizer, Motion, estimate_motion
@@ -504,7 +504,7 @@ def _run_pipeline(
     use_flow: bool,
     report: _Reporter,
 ) -> None:
-    net_size = fit_size(info.width, info.height, options.max_side)
+    net_size = network_size(info.width, info.height, options.max_side, model)
     depth = 2 * options.batch_size
     stop = threading.Event()
     decode = _Stage("decode", lambda: _decode_frames(src, net_size), depth, stop)
