@@ -14,7 +14,7 @@ TRAIN_SETS := $(if $(ITERS),--set iters=$(ITERS)) $(if $(SIZE),--set size=$(SIZE
 # raising these thresholds made CPU training ~25% faster here (see README, Training speed).
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 
-.PHONY: help install data train test test-fast lint format bench demo up down logs clean
+.PHONY: help install data train deps test test-fast lint format bench demo up down logs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,10 +32,13 @@ data: $(STAMP)  ## link ../shared/assets into data/ (or download the real source
 train: data  ## train STYLE (ITERS= SIZE= PRESET= STYLE_WEIGHT= BATCH= NAME=), register it in MLflow
 	$(MALLOC_ENV) $(CM) train $(STYLE) $(TRAIN_SETS)
 
-test: data  ## the whole test suite (what CI runs)
+deps:  ## install the system packages the tests use when missing (redis-server, chromium, docker-compose)
+	@scripts/test-deps.sh
+
+test: deps data  ## the whole test suite (what CI runs)
 	$(PY) -m pytest
 
-test-fast: data  ## the suite without end-to-end tests marked slow
+test-fast: deps data  ## the suite without end-to-end tests marked slow
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)  ## ruff lint and format check

@@ -2,32 +2,61 @@
 
 Routes live under /v1 (behind the optional bearer token); /healthz, /readyz
 and /metrics sit outside it; the web page (api/static) is served at /.
-OpenAPI docs at /docs.
+OpenAPI docs at /docs and /redoc, with their assets served from the app (no CDN).
+At start-up the built-in models are registered when the registry lacks them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api.deps import Services, require_token
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import health, images, jobs, models
+from clipmorph import registry
 from clipmorph.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 
 
+def register_builtins(services: Services) -> None:
+    """Register the built-in models on a fresh registry, so their styles work from the first request.
+
+    A registry that is down must not keep the API from starting: /readyz reports it, and the
+    first request for a built-in style registers them then (registry.get_version).
+    """
+    try:
+        registry.register_builtins(services.registry(), services.settings)
+    except Exception:
+        log.exception("could not register the built-in models at start-up; retried on first use")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await anyio.to_thread.run_sync(register_builtins, app.state.services)
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from files bundled in the package, not from a CDN,
+    # so /docs and /redoc work on machines without internet access.
+    app = FastAPIOffline(
         title="clipmorph",
         summary="Video style transfer: upload a video, get it back painted in a style.",
         version="1",
+        lifespan=lifespan,
+        # Swagger UI would otherwise load a validity badge from validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     services = Services(settings)
     app.state.services = services

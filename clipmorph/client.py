@@ -81,19 +81,13 @@ class DemoError(RuntimeError):
 
 
 def ensure_models(settings: Settings) -> list[str]:
-    """Styles with a champion, registering the built-in models (models/<style>/) when the registry has none."""
+    """Styles with a champion, registering the built-in models (models/<style>/) the registry lacks."""
     client = registry.configure(settings)
-    alias = settings.champion_alias
-
-    def champions() -> list[str]:
-        found = client.search_registered_models(filter_string=f"name LIKE '{registry.MODEL_PREFIX}%'")
-        return sorted(registry.style_of(m.name) for m in found if alias in (m.aliases or {}))
-
-    styles = champions()
-    if not styles:
-        registered = registry.register_builtins(client)
+    registered = registry.register_builtins(client, settings)
+    if registered:
         print(f"registered {len(registered)} built-in model(s) from {settings.builtin_models_dir}", flush=True)
-        styles = champions()
+    found = client.search_registered_models(filter_string=f"name LIKE '{registry.MODEL_PREFIX}%'")
+    styles = sorted(registry.style_of(m.name) for m in found if settings.champion_alias in (m.aliases or {}))
     if not styles:
         raise DemoError(
             f"no models: the registry is empty and {settings.builtin_models_dir} holds no built-in model "

@@ -8,18 +8,26 @@ A model reference is one of:
     models:/clipmorph-kandinsky@champion, models:/clipmorph-kandinsky/3
 Model versions point at the run artifact folder holding the safetensors model;
 nothing is ever unpickled.
+
+The built-in models (models/<style>/) register themselves as version 1 and champion the first
+time anything needs them (register_builtins: API and worker start-up, `make up`, a lookup of a
+built-in style), under a file lock so that processes starting together register each one once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -28,6 +36,7 @@ from clipmorph.settings import Settings, get_settings
 
 MODEL_PREFIX = "clipmorph-"
 ARTIFACT_PATH = "model"
+log = logging.getLogger(__name__)
 _REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+?)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))?$")
 
 
@@ -54,14 +63,36 @@ def style_of(name: str) -> str:
     return name.removeprefix(MODEL_PREFIX)
 
 
+def registry_lock(settings: Settings | None = None) -> FileLock:
+    """A lock shared by every process using this registry (API, workers, CLI on one machine or volume).
+
+    Next to the database for SQLite, else in the var dir (which docker-compose shares between containers).
+    """
+    settings = settings or get_settings()
+    if settings.tracking_uri.startswith("sqlite:///"):
+        path = Path(settings.tracking_uri.removeprefix("sqlite:///") + ".lock")
+    else:
+        path = settings.var_dir / "registry.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
 def configure(settings: Settings | None = None) -> MlflowClient:
     """Point MLflow at the configured tracking/registry store and make sure the experiment exists."""
     settings = settings or get_settings()
-    if settings.tracking_uri.startswith("sqlite:///"):
-        Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    # MLflow creates a missing SQLite schema when a client first opens each store; two processes doing
+    # it at once fail on "table already exists", so both stores are opened under the lock.
+    with registry_lock(settings):
+        client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+        client.search_registered_models(max_results=1)
+        _ensure_experiment(client, settings)
+    mlflow.set_experiment(settings.mlflow_experiment)
+    return client
+
+
+def _ensure_experiment(client: MlflowClient, settings: Settings) -> None:
     if client.get_experiment_by_name(settings.mlflow_experiment) is None:
         location = None
         if "://" not in settings.tracking_uri or settings.tracking_uri.startswith("sqlite:"):
@@ -69,8 +100,6 @@ def configure(settings: Settings | None = None) -> MlflowClient:
             location = settings.artifact_root.as_uri()
         with contextlib.suppress(MlflowException):  # created concurrently by another process
             client.create_experiment(settings.mlflow_experiment, artifact_location=location)
-    mlflow.set_experiment(settings.mlflow_experiment)
-    return client
 
 
 def register_model_dir(client: MlflowClient, model_dir: Path, style: str, run_id: str) -> ModelVersion:
@@ -97,18 +126,26 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return registered_name(m["name"]), alias, version
 
 
+def _lookup(client: MlflowClient, name: str, alias: str | None, version: str | None) -> ModelVersion:
+    if version is not None:
+        return client.get_model_version(name, version)
+    return client.get_model_version_by_alias(name, alias)
+
+
 def get_version(client: MlflowClient, ref: str) -> ModelVersion:
+    """The version `ref` names; a built-in style on a fresh registry is registered first (its first use)."""
     name, alias, version = parse_ref(ref)
-    try:
-        if version is not None:
-            return client.get_model_version(name, version)
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        known = ", ".join(style_of(m.name) for m in client.search_registered_models()) or "none"
-        raise ModelNotFoundError(
-            f"no model version for {ref!r} ({name} {'@' + alias if alias else 'v' + str(version)}); "
-            f"registered styles: {known}"
-        ) from None
+    with contextlib.suppress(MlflowException):
+        return _lookup(client, name, alias, version)
+    if style_of(name) in builtin_model_dirs():
+        register_builtins(client)  # a no-op unless the registry lacks a built-in (or another process added it)
+        with contextlib.suppress(MlflowException):
+            return _lookup(client, name, alias, version)
+    known = ", ".join(style_of(m.name) for m in client.search_registered_models()) or "none"
+    raise ModelNotFoundError(
+        f"no model version for {ref!r} ({name} {'@' + alias if alias else 'v' + str(version)}); "
+        f"registered styles: {known}"
+    )
 
 
 def resolve(ref: str | Path, client: MlflowClient | None = None) -> ResolvedModel:
@@ -138,26 +175,51 @@ def builtin_model_dirs(settings: Settings | None = None) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in sorted(root.glob(f"*/{CONFIG}"))}
 
 
-def register_builtins(client: MlflowClient | None = None, only_if_missing: bool = True) -> list[ModelVersion]:
-    """Register each built-in model whose registered model has no versions yet; make it champion.
+def _unregistered_builtins(client: MlflowClient, settings: Settings) -> dict[str, Path]:
+    """Built-in models whose registered model has no version yet (or does not exist)."""
+    return {
+        style: folder
+        for style, folder in builtin_model_dirs(settings).items()
+        if not client.search_model_versions(f"name='{registered_name(style)}'")
+    }
 
-    The metrics recorded when the model was trained and evaluated (config.json's
-    `train.final_losses` and `metrics`) are logged on its run, so the promotion
-    gate has numbers to compare later versions with.
+
+def _register_builtin(client: MlflowClient, style: str, folder: Path, settings: Settings) -> ModelVersion:
+    """Version 1 and champion of clipmorph-<style>, on a run with its training parameters.
+
+    The evaluation metrics config.json records (`train.metrics`) are logged on the run,
+    so the promotion gate has numbers to compare later versions with.
     """
-    client = client or configure()
-    registered = []
-    for style, folder in builtin_model_dirs().items():
-        name = registered_name(style)
-        if only_if_missing and client.search_model_versions(f"name='{name}'"):
-            continue
-        info = read_info(folder)
-        with mlflow.start_run(run_name=f"builtin-{style}", tags={"clipmorph.builtin": "true"}) as run:
-            mlflow.log_params({k: str(v) for k, v in info.train.items() if not isinstance(v, dict)})
-            metrics = info.train.get("metrics", {})
-            if metrics:
-                mlflow.log_metrics(metrics)
-        mv = register_model_dir(client, folder, style, run.info.run_id)
-        client.set_registered_model_alias(name, get_settings().champion_alias, mv.version)
-        registered.append(mv)
+    info = read_info(folder)
+    _ensure_experiment(client, settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    run = client.create_run(experiment.experiment_id, run_name=f"builtin-{style}", tags={"clipmorph.builtin": "true"})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in info.train.get("metrics", {}).items()],
+        params=[Param(k, str(v)) for k, v in info.train.items() if not isinstance(v, dict)],
+    )
+    mv = register_model_dir(client, folder, style, run_id)
+    client.set_terminated(run_id)
+    client.set_registered_model_alias(mv.name, settings.champion_alias, mv.version)
+    return mv
+
+
+def register_builtins(client: MlflowClient | None = None, settings: Settings | None = None) -> list[ModelVersion]:
+    """Register each built-in model whose registered model has no versions yet, as its champion; -> new versions.
+
+    Idempotent and safe when several processes (API, workers, CLI) start at once: the check is
+    repeated under the registry lock, and a model that already has versions is never touched.
+    """
+    settings = settings or get_settings()
+    client = client or configure(settings)
+    if not _unregistered_builtins(client, settings):
+        return []  # the usual case: no lock needed
+    with registry_lock(settings):
+        missing = _unregistered_builtins(client, settings)  # another process may have registered them meanwhile
+        registered = [_register_builtin(client, style, folder, settings) for style, folder in missing.items()]
+    for mv in registered:
+        log.info("registered built-in model %s version %s as %s", mv.name, mv.version, settings.champion_alias)
     return registered

@@ -1,5 +1,6 @@
 """The local stack: redis-server, the API under uvicorn and one worker, as background processes.
 
+Built-in models are registered first when the registry lacks them.
 Pid files live in <var_dir>/run, logs in <logs_dir>; nothing needs root except
 installing redis-server when it is missing (through apt-get, as root or with
 password-less sudo). `clipmorph stack up|down|status|logs` drives it.
@@ -25,6 +26,7 @@ import httpx
 import redis
 from rq import Queue, Worker
 
+from clipmorph import registry
 from clipmorph.settings import REPO_ROOT, Settings
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -133,6 +135,9 @@ def _wait(ready: Callable[[], bool], seconds: float, alive: Callable[[], bool] =
 
 def up(settings: Settings, timeout: float = 120.0) -> dict[str, int | None]:
     """Start whatever of the stack is not running and wait until each part answers; -> pids."""
+    # Here, before the API and the worker start, so a first `make up` reports it once.
+    for mv in registry.register_builtins(settings=settings):
+        print(f"registered built-in model {mv.name} version {mv.version} as {settings.champion_alias}", flush=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int | None] = {}

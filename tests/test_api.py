@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 import uuid
 
@@ -274,6 +275,20 @@ def test_health_readiness_metrics_docs_and_page(client, serving):
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_app(client, page):
+    # Offline machines cannot reach a CDN: every script, style sheet and icon must come from the app.
+    html = client.get(page).text
+    assert not re.search(r"https?:|[\"'(]//", html), "the page references another host"
+    urls = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)""", html)
+    assert any(u.endswith(".js") for u in urls) and urls
+    for url in urls:
+        assert url.startswith("/"), url
+        r = client.get(url)
+        assert r.status_code == 200 and r.content, url
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_readiness_fails_without_redis(serving):

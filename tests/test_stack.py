@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from clipmorph import stack
+from clipmorph import registry, stack
 from clipmorph.client import DemoError, ensure_models
 from clipmorph.settings import REPO_ROOT, get_settings
 
@@ -72,6 +72,11 @@ def test_stack_up_status_logs_down(settings, monkeypatch):
     try:
         pids = stack.up(s)
         assert set(pids) == {"redis", "api", "worker"} and all(pids.values())
+        # `make up` on a fresh registry: the built-in styles are champions before the first upload.
+        client = registry.configure(s)
+        for style in registry.builtin_model_dirs(s):
+            champion = client.get_model_version_by_alias(registry.registered_name(style), s.champion_alias)
+            assert str(champion.version) == "1"
         assert stack.status(s) == pids
         assert httpx.get(f"{s.api_base_url}/readyz").json()["status"] == "ok"
         assert stack.up(s) == pids  # idempotent: nothing started twice

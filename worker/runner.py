@@ -19,6 +19,7 @@ loaded from job to job. What the fork gave RQ we put back here:
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -29,9 +30,12 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from clipmorph import registry
 from clipmorph.settings import Settings, get_settings
 from worker.files import purge_expired
 from worker.jobs import cancel_requested
+
+log = logging.getLogger(__name__)
 
 
 class StylizeWorker(SimpleWorker):
@@ -94,6 +98,20 @@ def build_worker(settings: Settings | None = None, name: str | None = None) -> S
     return worker
 
 
+def register_builtins(settings: Settings) -> None:
+    """Register the built-in models on a fresh registry before the first job asks for one.
+
+    A registry that is down must not stop the worker: the first job for a built-in style
+    registers them then (registry.get_version).
+    """
+    try:
+        registry.register_builtins(settings=settings)
+    except Exception:
+        log.exception("could not register the built-in models at start-up; retried on first use")
+
+
 def run_worker(settings: Settings | None = None, burst: bool = False, name: str | None = None) -> bool:
     """Serve the queue until stopped (or, with `burst`, until it is empty); -> whether any job ran."""
+    settings = settings or get_settings()
+    register_builtins(settings)
     return build_worker(settings, name).work(burst=burst, logging_level="INFO")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from clipmorph.cli.app import app, fail
+from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, STYLE, WARPING
 
-KEY_COLUMNS = ("style_loss", "content_loss", "warping_ratio", "fps_cpu_640x360")
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+KEY_COLUMNS = (STYLE, CONTENT, ARTEFACT, WARPING, CPU_FPS)
 
 
 def _fmt(value: float | None) -> str:
@@ -19,6 +24,15 @@ def _fmt(value: float | None) -> str:
 
 def _print(table: Table) -> None:
     Console(width=160).print(table)
+
+
+def _registry() -> MlflowClient:
+    """The registry client, with the built-in models registered if it lacks them (a fresh clone has them)."""
+    from clipmorph import registry
+
+    client = registry.configure()
+    registry.register_builtins(client)
+    return client
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
@@ -91,7 +105,8 @@ def promote(
 ) -> None:
     """Make VERSION the champion if it passes the gate against the current champion.
 
-    The gate: warping_ratio not worse, style_loss and frames/s within the tolerances in settings (CLIPMORPH_GATE_*).
+    The gate: style_distance, content_distance, warping_ratio and frames/s within the tolerances in settings
+    (CLIPMORPH_GATE_*), artefact_score under the absolute threshold.
 
     Rollback = promoting an earlier version; it goes through the same gate, so it may need --force --reason.
     """
@@ -100,7 +115,7 @@ def promote(
     from clipmorph.promotion import promote as run_promotion
 
     try:
-        result = run_promotion(registry.configure(), name, version, force=force, reason=reason)
+        result = run_promotion(_registry(), name, version, force=force, reason=reason)
     except (PromotionError, registry.ModelNotFoundError) as e:
         raise fail(str(e)) from None
     if result.candidate_metrics or result.champion_metrics:
@@ -119,7 +134,7 @@ def models(name: str | None = typer.Argument(None, help="Only this style / regis
     from clipmorph import registry
     from clipmorph.promotion import version_metrics
 
-    client = registry.configure()
+    client = _registry()
     names = [registry.registered_name(name)] if name else [m.name for m in client.search_registered_models()]
     table = Table(title="registered models")
     for column in ("model", "version", "aliases", *KEY_COLUMNS, "created"):
