@@ -79,6 +79,8 @@ def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
         "CLIPMORPH_VAR_DIR": str(tmp / "var"),
         "CLIPMORPH_RUNS_DIR": str(tmp / "runs"),
         "CLIPMORPH_ASSETS_DIR": str(assets),
+        # No built-in models: the page's only (so preselected) style is the tiny one these tests register.
+        "CLIPMORPH_BUILTIN_MODELS_DIR": str(tmp / "no-builtin-models"),
         "CLIPMORPH_PREVIEW_PHOTO": str(assets / "photos" / "pytorch_examples" / "amber.jpg"),
         "CLIPMORPH_REDIS_URL": redis_url,
         "CLIPMORPH_QUEUE_NAME": f"web-{os.getpid()}",
@@ -98,7 +100,7 @@ def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
             procs.append(
                 subprocess.Popen([cli, command], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
             )
-        # The processes touch the registry only on a request, so the model is registered while they start.
+        # Registered while they start: the registry lock keeps them from creating the fresh store twice.
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():
                 mp.setenv(key, value)
