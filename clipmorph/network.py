@@ -27,8 +27,10 @@ class NetConfig:
     # "instance" (Ulyanov et al.) or "none". Instance norm couples every pixel to whole-image statistics,
     # which is what lets a network grow "droplet" blobs (StyleGAN2, sec. 2); "none" is purely local.
     norm: str = "instance"
-    # Space-to-depth in / sub-pixel out (Shi et al. 2016) instead of a strided first conv and a
-    # nearest-upsample + conv last layer: full-resolution detail reaches the output at half-res cost.
+    # Space-to-depth in (every input pixel reaches the half-resolution encoder, unlike a strided conv) and a
+    # guided output: the decoder's half-resolution features, bilinearly enlarged, and the input's own RGB
+    # go through one 3x3 conv at full resolution. Edges stay sharp, and nothing in the last layer can
+    # invent per-pixel noise (a sub-pixel output did exactly that: docs/training.md).
     shuffle: bool = False
 
     @property
@@ -65,6 +67,14 @@ PRESETS: dict[str, NetConfig] = {
     # Real-time painter: space-to-depth in, sub-pixel out, body at 1/8 scale, no normalisation.
     "rt": NetConfig(
         channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="none", shuffle=True
+    ),
+    # Per-pixel layer norm: normalised like instance norm, but with no whole-picture statistics.
+    "rt_ln": NetConfig(
+        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="pixel", shuffle=True
+    ),
+    # Instance norm on the first layer only.
+    "rt_in1": NetConfig(
+        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="input", shuffle=True
     ),
     # The same with instance norm (for the ablation in docs/training.md).
     "rt_in": NetConfig(
@@ -122,12 +132,34 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+class PixelLayerNorm(nn.Module):
+    """Layer norm over the channels of each pixel (as in ConvNeXt), with a per-channel affine.
+
+    It keeps activations at a trainable scale like instance norm, but no pixel's output depends on
+    statistics of the rest of the picture: there is nothing for a local "droplet" to steer, and a frame
+    stylizes the same whatever else is in it (or whichever tile it is in).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return TemporalInstanceNorm(channels)
+    if kind == "pixel":
+        return PixelLayerNorm(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose 'instance' or 'none'")
+    raise ValueError(f"unknown norm {kind!r}; choose 'instance', 'pixel', 'input' or 'none'")
 
 
 class ConvNormReLU(nn.Sequential):
@@ -162,32 +194,22 @@ class Stylizer(nn.Module):
         self.frame_side: int | None = None
         c, k, s, n = config.channels, config.kernels, config.strides, config.norm
         cin = 12 if config.shuffle else 3  # 2x2 space-to-depth packs 4 pixels x 3 colours per cell
-        self.down1 = ConvNormReLU(cin, c[0], k[0], s[0], norm=n)
+        # "input": instance norm after the first conv only (it normalises the photo's contrast, and nothing
+        # upstream of it can learn to steer its statistics), no normalisation anywhere else.
+        first = "instance" if n == "input" else n
+        n = "none" if n == "input" else n
+        self.down1 = ConvNormReLU(cin, c[0], k[0], s[0], norm=first)
         self.down2 = ConvNormReLU(c[0], c[1], k[1], s[1], norm=n)
         self.down3 = ConvNormReLU(c[1], c[2], k[2], s[2], norm=n)
         self.res = nn.Sequential(*[ResidualBlock(c[2], n) for _ in range(config.res_blocks)])
         self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2], norm=n)
         self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1], norm=n)
         if config.shuffle:
-            self.up3 = nn.Sequential(ConvLayer(c[0], cin, k[0], upsample=s[0]), nn.PixelShuffle(2))
+            self.up3 = nn.Sequential(nn.ReflectionPad2d(k[0] // 2), nn.Conv2d(c[0] + 3, 3, k[0]))
         else:
             self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
-        if config.norm == "none":
+        if config.norm in ("none", "input"):
             self._init_unnormalised()
-        if config.shuffle:
-            self._init_subpixel()
-
-    def _init_subpixel(self) -> None:
-        """ICNR init (Aitken et al. 2017): the 4 sub-pixels of each colour start with the same filter.
-
-        A sub-pixel layer with independent random filters starts as a 2x2 checkerboard that training has
-        to undo; with shared filters it starts as nearest-neighbour up-sampling and has no checkerboard.
-        """
-        conv = [m for m in self.up3.modules() if isinstance(m, nn.Conv2d)][-1]
-        with torch.no_grad():
-            # PixelShuffle reads output channel c*4 + i as sub-pixel i of colour c.
-            conv.weight.copy_(conv.weight[::4].repeat_interleave(4, dim=0))
-            conv.bias.copy_(conv.bias[::4].repeat_interleave(4, dim=0))
 
     def _init_unnormalised(self) -> None:
         """He init, so signals keep their scale through ReLUs without a norm layer to restore it.
@@ -210,6 +232,7 @@ class Stylizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.config.stride)
+        rgb = x
         if self.config.shuffle:
             x = F.pixel_unshuffle(x, 2)
         e1 = self.down1(x)
@@ -221,6 +244,9 @@ class Stylizer(nn.Module):
         y = self.up2(y)
         if self.config.skips:
             y = y + e1
+        if self.config.shuffle:
+            y = F.interpolate(y, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+            y = torch.cat([y, rgb], dim=1)
         return self.up3(y)[..., :h, :w]
 
     def norms(self) -> list[TemporalInstanceNorm]:

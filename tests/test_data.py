@@ -55,3 +55,26 @@ def test_style_blend_weights_are_normalised_and_validated(tmp_path):
         parse_style_spec("a:1,b:-1", tmp_path)
     with pytest.raises(FileNotFoundError, match="known styles: a, b"):
         parse_style_spec("c", tmp_path)
+
+
+def test_photos_are_cropped_at_frame_scale(tmp_path):
+    from PIL import Image
+
+    from clipmorph.data import PhotoDataset
+
+    Image.new("RGB", (1000, 500), (10, 200, 30)).save(tmp_path / "wide.jpg")
+    Image.new("RGB", (90, 60), (200, 10, 30)).save(tmp_path / "tiny.png")
+    ds = PhotoDataset([tmp_path / "wide.jpg", tmp_path / "tiny.png"], size=64, frame_side=320)
+    assert ds[0].shape == (3, 64, 64) and ds[1].shape == (3, 64, 64)  # a photo smaller than the crop is enlarged
+    img = ds._at_frame_scale(Image.new("RGB", (1000, 500)))
+    assert 0.8 * 320 - 1 <= max(img.size) <= 1.25 * 320 + 1
+
+
+def test_painting_is_shown_at_the_frame_side(tmp_path):
+    from PIL import Image
+
+    from clipmorph.data import load_style_tensor
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "small.jpg")
+    assert load_style_tensor(tmp_path / "small.jpg", 640).shape == (1, 3, 480, 640)  # enlarged
+    assert load_style_tensor(tmp_path / "small.jpg", 200).shape == (1, 3, 150, 200)  # shrunk

@@ -156,3 +156,16 @@ def test_cli_stylizes_an_image(model, assets, tmp_path):
     assert PIL.Image.open(tmp_path / "out.png").size == (81, 47)
     result = runner.invoke(app, [*args[:3], "--model", str(tmp_path / "missing")])
     assert result.exit_code != 0
+
+
+def test_network_runs_at_the_models_frame_side_unless_told_otherwise():
+    from clipmorph.inference import network_size
+
+    m = build("rt_ln")
+    assert network_size(1280, 720, None, m) == (1280, 720)  # no frame side: the input size
+    m.frame_side = 640
+    assert network_size(1280, 720, None, m) == (640, 360)  # shrunk to the frame side
+    assert network_size(320, 180, None, m) == (640, 360)  # and enlarged: strokes keep their relative size
+    assert network_size(1280, 720, 0, m) == (1280, 720)  # 0: the input's own size
+    assert network_size(1280, 720, 320, m) == (320, 180)  # an explicit max_side only shrinks
+    assert network_size(200, 100, 320, m) == (200, 100)

@@ -96,3 +96,41 @@ def test_save_and_load_round_trip(tmp_path):
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         build("huge")
+
+
+def _far_change_effect(preset: str) -> float:
+    """How much the output in the left half moves when only the far right edge of the input changes."""
+    torch.manual_seed(0)
+    m = build(preset).eval()
+    x = torch.rand(1, 3, 64, 512)
+    y = x.clone()
+    y[..., 480:] = 1.0  # a bright patch far outside the left half's receptive field
+    with torch.no_grad():
+        return (m(x)[..., :128] - m(y)[..., :128]).abs().max().item()
+
+
+def test_pixel_layer_norm_is_local_and_instance_norm_is_not():
+    """Instance norm ties every pixel to whole-picture statistics (what lets droplets steer it); pixel norm doesn't."""
+    assert _far_change_effect("rt_ln") == 0.0
+    assert _far_change_effect("rt_in") > 1e-4
+
+
+def test_space_to_depth_output_has_no_checkerboard_at_init():
+    """The guided full-resolution output starts smooth: no 2x2 pattern from the half-resolution body."""
+    torch.manual_seed(0)
+    m = build("rt_ln").eval()
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    with torch.no_grad():
+        y = m(flat)
+    # Away from the borders a flat input gives a flat output.
+    inner = y[..., 8:-8, 8:-8]
+    assert (inner - inner.mean(dim=(-1, -2), keepdim=True)).abs().max().item() < 1e-4
+
+
+def test_frame_side_survives_save_and_load(tmp_path):
+    m = build("rt_ln")
+    folder = save_model(m, ModelInfo(net=PRESETS["rt_ln"], recommended={"frame_side": 640}), tmp_path / "m")
+    loaded, info = load_model(folder)
+    assert loaded.frame_side == 640 and info.net == PRESETS["rt_ln"]
+    # Older configs (no norm/shuffle keys) load with the old defaults.
+    assert PRESETS["fast"].norm == "instance" and not PRESETS["fast"].shuffle

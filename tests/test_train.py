@@ -104,3 +104,18 @@ def test_wandb_offline_run_gets_config_losses_and_validation_images(settings, ti
     assert list(run.glob("run-*.wandb"))
     images = list((run / "files" / "media" / "images").glob("validation_3_*.png"))
     assert len(images) == 1
+
+
+def test_warm_start_takes_the_weights_of_a_model_of_the_same_preset(settings, tmp_path):
+    from clipmorph.artifact import ModelInfo, save_model
+    from clipmorph.network import PRESETS, build
+    from clipmorph.train import TrainConfig, initial_model
+
+    torch.manual_seed(1)
+    source = build("rt_ln")
+    folder = save_model(source, ModelInfo(net=PRESETS["rt_ln"]), tmp_path / "src")
+    warm = initial_model(TrainConfig(preset="rt_ln", init_from=str(folder)))
+    for (name, a), b in zip(source.state_dict().items(), warm.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="not a 'fast' network"):
+        initial_model(TrainConfig(preset="fast", init_from=str(folder)))
