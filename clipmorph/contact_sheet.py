@@ -41,3 +41,28 @@ def tile(
         for j, text in enumerate(label):
             draw.text((x0 + PADDING, y0 + cell + PADDING + j * LINE_HEIGHT), text, fill="black", font=font)
     return sheet
+
+
+def grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[Sequence[str]]) -> Image.Image:
+    """Images at their own size (not scaled, so detail can be judged), one label line beneath each.
+
+    `labels[r][c]` names `rows[r][c]`; a column is as wide as its widest image, a row as tall as its
+    tallest, and smaller images sit in the top-left corner of their cell.
+    """
+    if not rows or any(len(r) != len(lab) for r, lab in zip(rows, labels, strict=True)):
+        raise ValueError("need one label per image and at least one row")
+    columns = max(len(r) for r in rows)
+    widths = [max(r[c].width for r in rows if c < len(r)) for c in range(columns)]
+    heights = [max(img.height for img in r) + label_height(1) for r in rows]
+    sheet = Image.new("RGB", (sum(widths), sum(heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    y = 0
+    for r, (row, row_labels) in enumerate(zip(rows, labels, strict=True)):
+        x = 0
+        for c, (img, text) in enumerate(zip(row, row_labels, strict=True)):
+            sheet.paste(img.convert("RGB"), (x, y))
+            draw.text((x + PADDING, y + heights[r] - LINE_HEIGHT - PADDING), text, fill="black", font=font)
+            x += widths[c]
+        y += heights[r]
+    return sheet

@@ -1,0 +1,139 @@
+"""Quality metrics of the benchmark on images whose answer is known (small, so the file runs in seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipmorph import quality
+from clipmorph.data import find_images, load_rgb, load_style_tensor
+from clipmorph.settings import get_settings
+
+H, W = 180, 320
+
+
+@pytest.fixture(scope="module")
+def vgg(assets):
+    return quality.load_project_vgg()
+
+
+@pytest.fixture(scope="module")
+def painting(assets):
+    return get_settings().styles_dir / "kandinsky.jpg"
+
+
+def gradient() -> np.ndarray:
+    """A clean, flat-looking picture: a gentle diagonal colour ramp (a wall, a sky)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    ramp = 0.3 + 0.3 * (x / W) + 0.1 * (y / H)
+    return np.stack([ramp, ramp * 0.9 + 0.05, ramp * 0.8 + 0.1], -1)
+
+
+def with_spots(img: np.ndarray, sigma: float = 6.0, amplitude: float = 0.35) -> np.ndarray:
+    """Dark round Gaussian spots, like the droplets of an instance-norm network."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    out = img.copy()
+    for cy, cx in ((50, 70), (120, 200), (60, 260)):
+        out -= amplitude * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))[..., None]
+    return np.clip(out, 0, 1)
+
+
+def with_strokes(img: np.ndarray, count: int = 60, seed: int = 0) -> np.ndarray:
+    """Thin, sharp, elongated dark strokes in every direction, like brush work."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = (img * 255).astype(np.uint8)
+    for _ in range(count):
+        x0, y0 = rng.integers(0, W), rng.integers(0, H)
+        angle, length = rng.uniform(0, np.pi), rng.uniform(25, 60)
+        x1, y1 = int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle))
+        colour = tuple(int(c) for c in rng.integers(20, 120, 3))
+        cv2.line(out, (int(x0), int(y0)), (x1, y1), colour, thickness=2, lineType=cv2.LINE_AA)
+    return out
+
+
+def test_artefact_score_flags_spots_and_passes_clean_and_strokes():
+    clean = gradient()
+    assert quality.artefact_score(clean, clean) == 0.0
+    assert quality.artefact_score(with_spots(clean), clean) > quality.ARTEFACT_MAX_PERCENT
+    assert quality.artefact_score(with_strokes(clean), clean) < quality.ARTEFACT_MAX_PERCENT
+
+
+def test_spots_the_input_already_has_are_not_artefacts():
+    spotted = with_spots(gradient())
+    assert quality.artefact_score(spotted, spotted) == 0.0
+
+
+def test_artefact_map_marks_the_spots_at_the_output_size():
+    clean = gradient()
+    heat = quality.artefact_map(with_spots(clean), clean)
+    assert heat.shape == (H, W) and heat.dtype == np.float32
+    assert heat[50, 70] > 0 and heat[120, 200] > 0
+    assert heat[150, 20] == 0  # far from every spot
+    assert quality.artefact_overlay(with_spots(clean), clean).shape == (H, W, 3)
+
+
+def test_style_distance_is_zero_for_the_painting_and_grows_for_a_photo(vgg, painting, one_torch_thread):
+    own = load_style_tensor(painting, 128)[0].permute(1, 2, 0).numpy()
+    self_distance = quality.style_distance(vgg, own, painting)
+    assert set(self_distance) == {"style@1", "style@0.5", "style@0.25", "style"}
+    assert self_distance["style"] < 1e-4
+    assert quality.style_distance(vgg, small_photo(), painting)["style"] > 0.2
+
+
+def small_photo() -> np.ndarray:
+    """The first validation photo, longer side 128 px."""
+    img = load_rgb(find_images([get_settings().photos_dir / get_settings().eval_photos])[0])
+    img.thumbnail((128, 128))
+    return np.asarray(img)
+
+
+def test_content_distance_of_an_image_to_itself_is_zero(vgg, one_torch_thread):
+    img = with_strokes(gradient())[:96, :128]
+    same = quality.content_distance(vgg, img, img)
+    assert same == {"content_relu2_2": 0.0, "content_relu3_1": 0.0, "content": 0.0}
+    assert quality.content_distance(vgg, 255 - img, img)["content"] > 0.1
+
+
+def test_perceptual_distances_share_one_pass_and_agree(vgg, painting, one_torch_thread):
+    photo = small_photo()
+    output = with_strokes(gradient())[: photo.shape[0], : photo.shape[1]]
+    both = quality.perceptual_distances(vgg, output, quality.content_features(vgg, photo), painting)
+    expected = quality.style_distance(vgg, output, painting) | quality.content_distance(vgg, output, photo)
+    assert both == pytest.approx(expected, rel=1e-5)
+
+
+def panning_clip(frames: int = 4) -> list[np.ndarray]:
+    """A camera panning 3 px right per frame over a smooth texture."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:72, 0 : 96 + 3 * frames].astype(np.float32)
+    scene = np.zeros((*x.shape, 3), np.float32)
+    for c in range(3):
+        for _ in range(5):
+            fx, fy, phase = rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.15), rng.uniform(0, 6)
+            scene[..., c] += np.sin(fx * x + fy * y + phase)
+    scene = (scene - scene.min()) / (scene.max() - scene.min())
+    return [(scene[:, 3 * t : 3 * t + 96] * 255).astype(np.uint8) for t in range(frames)]
+
+
+def test_warping_ratio_of_the_input_is_one_and_flicker_raises_it():
+    clip = panning_clip()
+    flows = quality.pair_flows(clip)
+    assert quality.warping_ratio(clip, clip, flows)["warping_ratio"] == pytest.approx(1.0)
+    # Brightness jumping up and down from frame to frame, as a stylizer's textures do.
+    flicker = [np.clip(f.astype(np.int16) + (-1) ** t * 20, 0, 255).astype(np.uint8) for t, f in enumerate(clip)]
+    both = quality.warping_ratio(clip, {"steady": clip, "flicker": flicker}, flows)
+    assert both["steady_warping_ratio"] == pytest.approx(1.0)
+    assert both["flicker_warping_ratio"] > 2.0
+
+
+def test_grid_keeps_images_at_their_own_size():
+    from PIL import Image
+
+    from clipmorph.contact_sheet import grid, label_height
+
+    wide, tall = Image.new("RGB", (64, 36), "red"), Image.new("RGB", (30, 40), "blue")
+    sheet = grid([[wide, tall], [tall, wide]], [["a", "b"], ["c", "d"]])
+    assert sheet.size == (64 + 64, 2 * (40 + label_height(1)))
+    assert sheet.getpixel((10, 10)) == (255, 0, 0) and sheet.getpixel((70, 10)) == (0, 0, 255)
