@@ -23,7 +23,9 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        # Bounded waits: with Redis unreachable a request answers 503 (api.main) instead of hanging.
+        timeout = settings.redis_timeout_seconds
+        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
         self.queue = Queue(settings.queue_name, connection=self.redis)
         # Inference in the API (images, previews) runs one at a time: torch already uses every core.
         self.inference_limiter = anyio.CapacityLimiter(1)

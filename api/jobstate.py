@@ -1,4 +1,10 @@
-"""How an RQ job looks from the API: its state, progress, model and error."""
+"""How an RQ job looks from the API: its state, progress, model and error.
+
+A DELETE that won (worker.settle) makes a job read "cancelled" at once, whatever RQ's
+status still says while the worker stops. Error messages are the worker's message
+for the client (bad input, unknown style) or a fixed sentence: never an exception's
+text, which can name server paths.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from api import schemas
+from worker import settle
 
 _STATES = {
     JobStatus.CREATED: schemas.JobState.queued,
@@ -25,6 +33,8 @@ _STATES = {
     JobStatus.CANCELED: schemas.JobState.cancelled,
 }
 _ABANDONED = "the worker running this job stopped responding (killed or crashed) and no retries were left"
+_TIMED_OUT = "the job ran past its time limit and no retries were left"
+_INTERNAL = "the job failed on the worker (an internal error, in the worker's log) and no retries were left"
 
 
 def fetch(queue: Queue, job_id: str) -> Job | None:
@@ -34,7 +44,10 @@ def fetch(queue: Queue, job_id: str) -> Job | None:
         return None
 
 
-def state_of(job: Job) -> schemas.JobState:
+def state_of(job: Job, ended: str | None = None) -> schemas.JobState:
+    """`ended`: settle.ended() for the job (a DELETE that won makes it cancelled)."""
+    if ended == settle.CANCELLED:
+        return schemas.JobState.cancelled
     return _STATES.get(job.get_status(refresh=False), schemas.JobState.queued)
 
 
@@ -46,7 +59,8 @@ def reap_if_abandoned(queue: Queue, job: Job) -> None:
     """
     if job.get_status(refresh=False) != JobStatus.STARTED:
         return
-    registry = StartedJobRegistry(queue.name, connection=queue.connection)
+    # Timer-based: a failure callback under the default SIGALRM penalty fails off the main thread.
+    registry = StartedJobRegistry(queue.name, connection=queue.connection, death_penalty_class=TimerDeathPenalty)
     if job.id not in registry.get_expired_job_ids():
         return
     if queue.acquire_maintenance_lock():  # the same lock workers take, so a job is never reaped twice
@@ -57,22 +71,26 @@ def reap_if_abandoned(queue: Queue, job: Job) -> None:
     job.refresh()
 
 
-def error_of(job: Job) -> str | None:
-    if job.get_status(refresh=False) != JobStatus.FAILED:
+def error_of(job: Job, state: schemas.JobState) -> str | None:
+    if state is not schemas.JobState.failed:
         return None
+    public = job.get_meta(refresh=False).get("error")
+    if public:
+        return public
     result = None
     with contextlib.suppress(Exception):
         result = job.latest_result()
     text = (result.exc_string if result else None) or job.exc_info or ""
     if "AbandonedJobError" in text:
         return _ABANDONED
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "failed without an error message"
+    if "JobTimeoutException" in text:
+        return _TIMED_OUT
+    return _INTERNAL
 
 
-def describe(job: Job, result_url: str) -> schemas.Job:
+def describe(job: Job, result_url: str, ended: str | None = None) -> schemas.Job:
     meta = job.get_meta(refresh=False)
-    state = state_of(job)
+    state = state_of(job, ended)
     progress = meta.get("progress")
     return schemas.Job(
         id=job.id,
@@ -86,7 +104,7 @@ def describe(job: Job, result_url: str) -> schemas.Job:
         enqueued_at=job.enqueued_at,
         started_at=job.started_at,
         ended_at=job.ended_at,
-        error=error_of(job),
+        error=error_of(job, state),
         retries_left=job.retries_left,
         result_url=result_url if state is schemas.JobState.finished else None,
     )

@@ -4,6 +4,7 @@ Routes live under /v1 (behind the optional bearer token); /healthz, /readyz
 and /metrics sit outside it; the web page (api/static) is served at /.
 OpenAPI docs at /docs and /redoc, with their assets served from the app (no CDN).
 At start-up the built-in models are registered when the registry lacks them.
+While Redis is unreachable every route that needs it answers 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI
+import redis
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -25,6 +28,8 @@ from clipmorph import registry
 from clipmorph.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Seconds a client should wait before trying again while Redis is down (a restart takes a few).
+RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +43,16 @@ def register_builtins(services: Services) -> None:
         registry.register_builtins(services.registry(), services.settings)
     except Exception:
         log.exception("could not register the built-in models at start-up; retried on first use")
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 + Retry-After instead of a bare 500; the exception's text (host, port) stays in the log."""
+    log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the job queue is unavailable; try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 @asynccontextmanager
@@ -62,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.metrics = Metrics(services.queue)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for error in (redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(error, redis_unavailable)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
     for router in (jobs.router, models.router, images.router):

@@ -117,9 +117,10 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
-    redis: str
-    registry: str
+    status: str = Field(description="ok when redis, registry and workers all are; else unavailable.")
+    redis: bool = Field(description="Redis answers.")
+    registry: bool = Field(description="The MLflow model registry answers.")
+    workers: bool = Field(description="At least one live worker serves the queue (RQ worker registry).")
 
 
 class PromotionRequest(BaseModel):

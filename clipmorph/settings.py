@@ -51,10 +51,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_upload_bytes: int = 32 * 1024 * 1024
     job_ttl_seconds: int = 24 * 3600
-    # Per-frame budget used to size RQ job timeouts; CPU stylization of big frames is slow.
-    job_seconds_per_frame: float = 2.0
+    # RQ job timeouts scale with frames x pixels: a 4K frame costs ~36 times a 640x360 one. The slowest
+    # preset (johnson) needed ~4 s per megapixel-frame on the 2-core CPU (README, Speed); 10 leaves room
+    # for a loaded machine.
+    job_seconds_per_megapixel_frame: float = 10.0
+    job_min_frame_pixels: int = Field(
+        320 * 240, description="Each frame counts as at least this many pixels in the timeout (per-frame overhead)."
+    )
     job_min_timeout_seconds: int = 300
-    job_retries: int = Field(1, description="Re-runs of a job whose worker died or that failed.")
+    job_retries: int = Field(
+        1, description="Re-runs of a job whose worker died or hit a transient error; bad input is never re-run."
+    )
+    redis_timeout_seconds: float = Field(5.0, description="The API's Redis connect/read timeout.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str | None = Field(None, description="Where clients reach the API; defaults to http://api_host:api_port.")
@@ -63,8 +71,15 @@ class Settings(BaseSettings):
     worker_maintenance_seconds: int = Field(60, description="How often workers requeue abandoned jobs, purge files.")
     preview_photo: Path | None = Field(None, description="Photo model previews are rendered on.")
 
-    # Video / image limits.
-    max_video_side: int = 4096
+    # Video / image limits (README, "Limits"): checked at upload where the probe can tell, and on every
+    # decoded frame by the worker (a stream can change resolution mid-file).
+    max_video_side: int = Field(3840, description="Largest width or height of a video frame (4K UHD).")
+    max_frame_pixels: int = Field(3840 * 2160, description="Most pixels in one video frame (4K UHD).")
+    max_video_seconds: float = Field(20 * 60, description="Longest video, from its timestamps.")
+    max_video_frames: int = Field(20 * 60 * 60, description="Most frames in a video (20 minutes at 60 fps).")
+    # Memory grows with batch x frame area: frames are batched up to this many network pixels (4 frames of
+    # 1280x720, what the pipeline benchmarks ran); a frame over it on its own is stylized in tiles of tile_pixels.
+    batch_pixels: int = Field(4 * 1280 * 720, description="Most network-input pixels in one inference batch.")
     max_image_pixels: int = 60_000_000
     tile_pixels: int = 1024 * 1024
     # On a 2-core CPU the encoder competes with the network: "medium" held the pipeline to 83% of

@@ -58,10 +58,12 @@ def _redis_ok(url: str) -> bool:
 
 
 def _api_ok(settings: Settings) -> bool:
+    """The API answers with Redis and the registry ready; its worker check is the worker service's own."""
     try:
-        return httpx.get(f"{settings.api_base_url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        ready = httpx.get(f"{settings.api_base_url}/readyz", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
         return False
+    return ready.get("redis") is True and ready.get("registry") is True
 
 
 def _worker_ok(settings: Settings) -> bool:

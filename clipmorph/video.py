@@ -19,11 +19,21 @@ camera footage has even sizes. Subtitle and data streams are not copied.
 
 The output is written to a hidden temporary file beside `dst` and renamed only
 when complete, so a failure or a cancellation never leaves a partial file.
+
+Inputs are held to the limits in settings (VideoLimits: frame side and pixels,
+frame count, duration): `probe` checks what the container says and the first
+frame, and the decode loop checks every frame again, because a stream can grow
+mid-file. A frame whose size differs from the first is scaled to the first
+frame's size (the output has one size), as ffmpeg does. Memory is bounded by
+design: frames are batched up to settings.batch_pixels network pixels, a frame
+larger than that on its own is stylized in tiles of settings.tile_pixels, and
+the queues between the stages hold a few batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -42,9 +52,17 @@ import av.error
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from clipmorph.inference import DEFAULT_NORM_SMOOTHING, StylizeOptions, blend, network_size, resize, stylize_frames
+from clipmorph.inference import (
+    DEFAULT_NORM_SMOOTHING,
+    StylizeOptions,
+    blend,
+    network_size,
+    resize,
+    stylize_array,
+    stylize_frames,
+)
 from clipmorph.network import Stylizer
-from clipmorph.settings import get_settings
+from clipmorph.settings import Settings, get_settings
 from clipmorph.stabilize import FlowStabilizer, Motion, estimate_motion
 
 log = logging.getLogger(__name__)
@@ -57,6 +75,46 @@ REPORT_INTERVAL = 0.5
 
 class VideoError(ValueError):
     """The input cannot be stylized as a video; the message says why."""
+
+
+class VideoLimitError(VideoError):
+    """The input is over one of the configured limits (frame size, frame count, duration)."""
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a video may be at most; `from_settings()` reads the configured limits."""
+
+    max_side: int
+    max_pixels: int
+    max_frames: int
+    max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> VideoLimits:
+        s = settings or get_settings()
+        return cls(s.max_video_side, s.max_frame_pixels, s.max_video_frames, s.max_video_seconds)
+
+    def check_size(self, width: int, height: int) -> None:
+        if max(width, height) > self.max_side:
+            raise VideoLimitError(f"{width}x{height} frames are larger than the limit of {self.max_side} pixels a side")
+        if width * height > self.max_pixels:
+            raise VideoLimitError(
+                f"{width}x{height} frames have more pixels than the limit of {self.max_pixels} per frame"
+            )
+
+    def check_frames(self, frames: int) -> None:
+        if frames > self.max_frames:
+            raise VideoLimitError(f"the video has more frames than the limit of {self.max_frames}")
+
+    def check_seconds(self, seconds: float) -> None:
+        if seconds > self.max_seconds:
+            raise VideoLimitError(f"the video is longer than the limit of {self.max_seconds:g} seconds")
+
+
+def public_message(error: VideoError, path: Path) -> str:
+    """The error's message without the file name it starts with (a server-side name, for clients)."""
+    return str(error).removeprefix(f"{Path(path).name}: ")
 
 
 class StylizeCancelled(RuntimeError):
@@ -112,9 +170,13 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return container.streams.video[0]
 
 
-def _check_size(width: int, height: int, limit: int, path: Path) -> None:
-    if max(width, height) > limit:
-        raise VideoError(f"{Path(path).name}: {width}x{height} is larger than the limit of {limit} pixels a side")
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Limit errors raised inside get the file's name in front, like every other VideoError."""
+    try:
+        yield
+    except VideoLimitError as e:
+        raise VideoLimitError(f"{Path(path).name}: {e}") from None
 
 
 def _scan_packets(container: av.container.InputContainer, stream, path: Path) -> tuple[int, Fraction | None]:
@@ -159,20 +221,25 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     return struct.unpack("<9i", data[:36]) if len(data) >= 36 else None
 
 
-def probe(path: Path, max_side: int | None = None) -> VideoInfo:
+def probe(path: Path, max_side: int | None = None, limits: VideoLimits | None = None) -> VideoInfo:
     """Check that `path` is a stylizable video and describe it.
 
-    max_side: the largest allowed width/height (None: settings.max_video_side).
+    limits: what the video may be at most (None: the settings; `max_side` overrides their side limit).
     Raises VideoError when the file is not a video, has no video stream, is
-    truncated, has no decodable frame, or is too large.
+    truncated, or has no decodable frame, and VideoLimitError when the header,
+    the first frame, the packet count or the timestamps are over a limit.
+    Frames after the first are not decoded here: the decode loop checks them.
     """
     path = Path(path)
-    limit = max_side or get_settings().max_video_side
-    with open_input(path) as container:
+    limits = limits or VideoLimits.from_settings()
+    if max_side:
+        limits = dataclasses.replace(limits, max_side=max_side)
+    with open_input(path) as container, _naming(path):
         stream = _video_stream(container, path)
         if stream.codec_context.width and stream.codec_context.height:
-            _check_size(stream.codec_context.width, stream.codec_context.height, limit, path)
+            limits.check_size(stream.codec_context.width, stream.codec_context.height)
         frames, span = _scan_packets(container, stream, path)
+        limits.check_frames(frames)
         has_audio = bool(container.streams.audio)
         codec = stream.codec_context.name
         rate = frame_rate(stream)
@@ -183,12 +250,15 @@ def probe(path: Path, max_side: int | None = None) -> VideoInfo:
         first = next(_decoded(container, _video_stream(container, path), path), None)
     if first is None:
         raise VideoError(f"{path.name}: no frame of the video can be decoded")
-    _check_size(first.width, first.height, limit, path)
+    duration = float(span) if span else container_duration
+    with _naming(path):
+        limits.check_size(first.width, first.height)
+        limits.check_seconds(duration or 0.0)
     return VideoInfo(
         width=first.width,
         height=first.height,
         frames=frames,
-        duration=float(span) if span else container_duration,
+        duration=duration,
         fps=float(rate) if rate else None,
         rotation=round(first.rotation) % 360,
         has_audio=has_audio,
@@ -277,12 +347,27 @@ class _Frame:
 _COLOR_TAGS = ("color_primaries", "color_trc", "colorspace")
 
 
-def _decode_frames(src: Path, net_size: tuple[int, int]) -> Iterator[_Frame]:
-    with open_input(src) as container:
+def _check_frame(frame: av.VideoFrame, index: int, start: float | None, limits: VideoLimits) -> None:
+    """Limits on one decoded frame, before it is converted: its size, its number, its time since the first."""
+    limits.check_size(frame.width, frame.height)
+    limits.check_frames(index + 1)
+    if start is not None and frame.time is not None:
+        limits.check_seconds(frame.time - start)
+
+
+def _decode_frames(
+    src: Path, size: tuple[int, int], net_size: tuple[int, int], limits: VideoLimits
+) -> Iterator[_Frame]:
+    """Decoded frames at `size` (the first frame's), each checked against `limits` as it comes."""
+    with open_input(src) as container, _naming(src):
         stream = _video_stream(container, src)
         stream.thread_type = "AUTO"
+        start = None
         for i, frame in enumerate(_decoded(container, stream, src)):
-            rgb = frame.to_ndarray(format="rgb24")
+            start = frame.time if start is None else start
+            _check_frame(frame, i, start, limits)
+            # A resolution change mid-stream: the output has one size, so later sizes are scaled to it.
+            rgb = resize(frame.to_ndarray(format="rgb24"), size)
             item = _Frame(i, frame.pts, frame.duration, rgb, resize(rgb, net_size))
             if i == 0:
                 item.matrix = display_matrix(frame)
@@ -299,9 +384,26 @@ def _with_motion(frames: Iterable[_Frame]) -> Iterator[_Frame]:
         yield f
 
 
-def _stylized(frames: Iterable[_Frame], model: Stylizer, batch_size: int) -> Iterator[_Frame]:
+def batch_size_for(size: tuple[int, int], requested: int, batch_pixels: int) -> int:
+    """Frames of `size` (w, h) per batch: at most `requested` and `batch_pixels` pixels together, at least 1."""
+    return max(1, min(requested, batch_pixels // max(1, size[0] * size[1])))
+
+
+# The network input as it is: stylize_array then only tiles (net_in already has the network's size).
+_AS_IS = StylizeOptions(max_side=0)
+
+
+def _stylized(frames: Iterable[_Frame], model: Stylizer, batch_size: int, batch_pixels: int) -> Iterator[_Frame]:
     for batch in _batched(frames, batch_size):
-        for f, out in zip(batch, stylize_frames(model, np.stack([f.net_in for f in batch])), strict=True):
+        inputs = [f.net_in for f in batch]
+        if inputs[0].shape[0] * inputs[0].shape[1] > batch_pixels:
+            # Over the budget on its own (batch_size is then 1): untiled, the activations of a 4K frame take
+            # gigabytes, so it goes in tiles of settings.tile_pixels. The tiles share the frame's norm
+            # statistics, so norm smoothing does not carry across such frames.
+            outputs = [stylize_array(model, x, _AS_IS) for x in inputs]
+        else:
+            outputs = stylize_frames(model, np.stack(inputs))
+        for f, out in zip(batch, outputs, strict=True):
             f.stylized = out
             yield f
 
@@ -471,15 +573,18 @@ def stylize_video(
     options: StylizeOptions,
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    limits: VideoLimits | None = None,
 ) -> VideoInfo:
     """Stylize `src` into `dst` (container from dst's extension); returns the output's VideoInfo.
 
     The model runs on whatever device it is on (see inference.load_stylizer).
-    Raises VideoError for bad input and StylizeCancelled when cancelled; dst
-    is then left untouched.
+    limits: what the input may be at most (None: the settings), checked on every frame.
+    Raises VideoError for bad input (VideoLimitError past a limit) and
+    StylizeCancelled when cancelled; dst is then left untouched.
     """
     src, dst = Path(src), Path(dst)
-    info = probe(src)
+    limits = limits or VideoLimits.from_settings()
+    info = probe(src, limits=limits)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dst)
     use_norm, use_flow = stabilize_modes(options.stabilize)
@@ -487,12 +592,13 @@ def stylize_video(
     smoothing = options.norm_smoothing if options.norm_smoothing is not None else DEFAULT_NORM_SMOOTHING
     model.set_norm_smoothing(smoothing if use_norm else 0.0)
     try:
-        _run_pipeline(src, tmp, info, model, options, use_flow, _Reporter(info.frames, progress, should_cancel))
+        report = _Reporter(info.frames, progress, should_cancel)
+        _run_pipeline(src, tmp, info, model, options, use_flow, limits, report)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
         model.set_norm_smoothing(previous_smoothing)
-    return probe(dst)
+    return probe(dst, limits=limits)
 
 
 def _run_pipeline(
@@ -502,17 +608,23 @@ def _run_pipeline(
     model: Stylizer,
     options: StylizeOptions,
     use_flow: bool,
+    limits: VideoLimits,
     report: _Reporter,
 ) -> None:
-    net_size = network_size(info.width, info.height, options.max_side, model)
-    depth = 2 * options.batch_size
+    size = (info.width, info.height)
+    net_size = network_size(*size, options.max_side, model)
+    settings = get_settings()
+    batch = batch_size_for(net_size, options.batch_size, settings.batch_pixels)
+    # Each queued frame holds the full-size original too: the queues shrink with the larger of the two.
+    depth = 2 * batch_size_for(max(size, net_size, key=lambda s: s[0] * s[1]), batch, settings.batch_pixels)
     stop = threading.Event()
-    decode = _Stage("decode", lambda: _decode_frames(src, net_size), depth, stop)
+    decode = _Stage("decode", lambda: _decode_frames(src, size, net_size, limits), depth, stop)
     stages = [decode]
     if use_flow:
         stages.append(_Stage("motion", lambda: _with_motion(decode), depth, stop))
     upstream = stages[-1]
-    stages.append(_Stage("inference", lambda: _stylized(upstream, model, options.batch_size), depth, stop))
+    inference = _Stage("inference", lambda: _stylized(upstream, model, batch, settings.batch_pixels), depth, stop)
+    stages.append(inference)
     stabilizer = FlowStabilizer() if use_flow else None
     with open_input(src) as container:
         stream = _video_stream(container, src)

@@ -54,3 +54,47 @@ def register_tiny_model(settings: Settings, style: str = "tiny", champion: bool 
     if champion:
         client.set_registered_model_alias(registry.registered_name(style), settings.champion_alias, version.version)
     return str(version.version)
+
+
+def make_flat_clip(path: Path, size: tuple[int, int], frames: int, fps: int = 25) -> Path:
+    """Flat grey frames, libx264 ultrafast: a few KB and quick to encode even at 4096x4096."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), i % 256, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_resizing_clip(path: Path, parts: list[tuple[tuple[int, int], int]], fps: int = 25) -> Path:
+    """An MPEG-TS H.264 clip whose frame size changes mid-stream: one part per (size, frames).
+
+    PyAV's encoder rescales every frame to its own size, so each part gets its own libx264
+    encoder and all their packets go into the one stream (TS carries the new SPS in-band;
+    joining separate TS files instead breaks the continuity counters: "corrupt" packets).
+    The first part should run a couple of seconds, so the probe's header is the first size.
+    """
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        start = 0
+        for i, ((width, height), frames) in enumerate(parts):
+            encoder = stream.codec_context if i == 0 else av.CodecContext.create("libx264", "w")
+            if i:
+                encoder.framerate, encoder.time_base = Fraction(fps), stream.codec_context.time_base
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.options = {"preset": "ultrafast"}
+            for n in [*range(start, start + frames), None]:
+                frame = None
+                if n is not None:
+                    frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), n * 7 % 256, np.uint8), "rgb24")
+                    frame.pts, frame.time_base = n, Fraction(1, fps)
+                for packet in encoder.encode(frame):
+                    packet.stream = stream
+                    container.mux(packet)
+            start += frames
+    return path

@@ -16,12 +16,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from rq import Queue
-from serving_helpers import make_clip, register_tiny_model
+from rq.job import JobStatus
+from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, register_tiny_model
 
 from api.main import create_app
 from clipmorph import registry
-from clipmorph.settings import get_settings
+from clipmorph.settings import Settings, get_settings
+from worker import settle
 from worker.files import purge_expired
+from worker.jobs import job_timeout
 from worker.models import ModelCache
 from worker.runner import build_worker
 
@@ -266,7 +269,10 @@ def test_image_is_stylized_synchronously(client, serving):
 
 def test_health_readiness_metrics_docs_and_page(client, serving):
     assert client.get("/healthz").json() == {"status": "ok"}
+    worker = build_worker(serving)
+    worker.register_birth()  # ready needs a live worker
     assert client.get("/readyz").json()["status"] == "ok"
+    worker.register_death()
     metrics = client.get("/metrics").text
     assert 'clipmorph_jobs{state="queued"}' in metrics
     assert "clipmorph_queue_length" in metrics and "clipmorph_frames_stylized" in metrics
@@ -289,13 +295,6 @@ def test_docs_pages_load_every_asset_from_the_app(client, page):
         r = client.get(url)
         assert r.status_code == 200 and r.content, url
     assert client.get("/openapi.json").status_code == 200
-
-
-def test_readiness_fails_without_redis(serving):
-    with make_client(serving, redis_url="redis://127.0.0.1:1/0") as c:
-        r = c.get("/readyz")
-    assert r.status_code == 503
-    assert r.json()["redis"].startswith("unreachable")
 
 
 def test_promote_goes_through_the_gate_and_needs_the_token(serving):
@@ -342,12 +341,15 @@ def test_job_of_a_dead_worker_fails_with_a_reason_when_no_retries_are_left(servi
         job = queue_of(serving).fetch_job(created["id"])
         worker.prepare_execution(job)  # what a worker does right before running it; then it "dies"
         worker.prepare_job_execution(job)
+        partial = serving.jobs_dir / job.id / ".output.k1ll3d.partial.mp4"
+        partial.write_bytes(b"half")  # what it was writing when it died
         assert c.get(created["status_url"]).json()["status"] == "running"
         deadline = time.monotonic() + 30  # the heartbeat TTL is 1 + 1 s
         while (job := c.get(created["status_url"]).json())["status"] == "running" and time.monotonic() < deadline:
             time.sleep(0.2)
     assert job["status"] == "failed"
     assert "stopped responding" in job["error"]
+    assert not partial.exists()  # the failure callback, run where the job was found abandoned (here, the API)
 
 
 def test_model_cache_follows_the_champion_alias(serving):
@@ -361,3 +363,235 @@ def test_model_cache_follows_the_champion_alias(serving):
     second = cache.get("moving")
     assert second.version == "2" and second is not first
     assert len(cache) == 1  # the superseded version was dropped
+
+
+# ---------------------------------------------------------------- hardening (issue #15)
+
+
+def with_env(monkeypatch, **values) -> Settings:
+    """The test's settings with some values changed, for the API and the in-process worker alike."""
+    for key, value in values.items():
+        monkeypatch.setenv(f"CLIPMORPH_{key.upper()}", str(value))
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def no_server_details(text: str) -> bool:
+    return "/" not in text and "\\" not in text and "input." not in text and "Error" not in text
+
+
+def attempts(settings) -> int:
+    """Runs the queued jobs with a burst worker here; -> how many times it ran one (a retry runs again)."""
+    worker = build_worker(settings)
+    runs = []
+    perform = worker.perform_job
+    worker.perform_job = lambda job, queue, execution: runs.append(job.id) or perform(job, queue, execution)
+    worker.work(burst=True)
+    return len(runs)
+
+
+@pytest.mark.parametrize(
+    ("limits", "words"),
+    [
+        ({"max_frame_pixels": 64 * 48 - 1}, "more pixels than the limit of 3071 per frame"),
+        ({"max_video_side": 60}, "larger than the limit of 60 pixels a side"),
+        ({"max_video_frames": 11}, "more frames than the limit of 11"),
+        ({"max_video_seconds": 0.5}, "longer than the limit of 0.5 seconds"),
+    ],
+)
+def test_upload_over_a_limit_the_probe_sees_is_413(serving, clip, limits, words):
+    with make_client(serving, **limits) as c:
+        r = upload(c, clip.read_bytes())
+    assert r.status_code == 413, r.text
+    assert words in r.json()["detail"] and no_server_details(r.json()["detail"])
+    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+
+
+def test_a_4096_square_upload_is_refused_with_default_limits(client, serving, tmp_path):
+    r = upload(client, make_flat_clip(tmp_path / "huge.mp4", (4096, 4096), 4).read_bytes())
+    assert r.status_code == 413, r.text
+    assert "4096x4096 frames are larger than the limit of 3840 pixels a side" in r.json()["detail"]
+    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+
+
+def test_a_long_tiny_video_is_refused_by_the_frame_cap(serving, tmp_path):
+    data = make_flat_clip(tmp_path / "long.mp4", (16, 16), 400, fps=1000).read_bytes()  # 0.4 s, under the duration cap
+    with make_client(serving, max_video_frames=300) as c:
+        r = upload(c, data)
+    assert r.status_code == 413 and "more frames than the limit of 300" in r.json()["detail"]
+
+
+def test_frames_that_grow_mid_stream_fail_the_job_once_with_the_limit_message(serving, monkeypatch, tmp_path):
+    """The probe reads the header and the first frame (64x48); the worker's decode loop meets 96x72."""
+    settings = with_env(monkeypatch, max_frame_pixels=64 * 48, job_retries=1)
+    data = make_resizing_clip(tmp_path / "grows.ts", [((64, 48), 50), ((96, 72), 5)]).read_bytes()
+    with make_client(settings) as c:
+        created = upload(c, data, filename="grows.ts", max_side=32)
+        assert created.status_code == 202, created.text
+        assert attempts(settings) == 1  # not retried
+        job = c.get(created.json()["status_url"]).json()
+    assert job["status"] == "failed" and job["retries_left"] == 0
+    assert job["error"] == "video too large: 96x72 frames have more pixels than the limit of 3072 per frame"
+    assert [p.name for p in (settings.jobs_dir / job["id"]).iterdir()] == ["input.ts"]  # no .partial
+
+
+def test_a_resolution_change_within_the_limits_is_stylized(client, serving, tmp_path):
+    data = make_resizing_clip(tmp_path / "resize.ts", [((64, 48), 50), ((96, 72), 5)]).read_bytes()
+    created = upload(client, data, filename="resize.ts", max_side=32, strength=0.5).json()
+    run_queued_jobs(serving)
+    job = client.get(created["status_url"]).json()
+    assert job["status"] == "finished", job
+    out = tmp_path / "out.mp4"
+    out.write_bytes(client.get(created["result_url"]).content)
+    with av.open(str(out)) as container:
+        assert [(f.width, f.height) for f in container.decode(video=0)] == [(64, 48)] * 55
+
+
+def test_bad_input_found_by_the_worker_is_not_retried_and_leaves_no_partial(serving, monkeypatch, clip):
+    settings = with_env(monkeypatch, job_retries=2)
+    with make_client(settings) as c:
+        created = upload(c, clip.read_bytes()).json()
+        folder = settings.jobs_dir / created["id"]
+        (folder / "input.mp4").write_bytes(b"garbage, not a video\n" * 100)  # what the probe passed is gone
+        (folder / ".output.abc123.partial.mp4").write_bytes(b"half")  # as a killed attempt leaves it
+        assert attempts(settings) == 1
+        job = c.get(created["status_url"]).json()
+    assert job["status"] == "failed" and job["retries_left"] == 0
+    assert job["error"].startswith("not a usable video: not a readable video") and no_server_details(job["error"])
+    assert sorted(p.name for p in folder.iterdir()) == ["input.mp4"]
+
+
+def test_a_stale_partial_is_removed_when_the_job_runs_again(client, serving, clip):
+    created = upload(client, clip.read_bytes(), max_side=32).json()
+    folder = serving.jobs_dir / created["id"]
+    (folder / ".output.dead01.partial.mp4").write_bytes(b"half")
+    run_queued_jobs(serving)
+    assert client.get(created["status_url"]).json()["status"] == "finished"
+    assert sorted(p.name for p in folder.iterdir()) == ["input.mp4", "output.mp4"]
+
+
+def test_an_internal_error_keeps_its_retries_and_shows_no_exception_text(serving, monkeypatch, clip):
+    import worker.jobs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cv2.error at /srv/secret/path.py")
+
+    monkeypatch.setattr(worker.jobs, "stylize_video", broken)
+    settings = with_env(monkeypatch, job_retries=1)
+    with make_client(settings) as c:
+        created = upload(c, clip.read_bytes()).json()
+        assert attempts(settings) == 2  # the first attempt and its retry
+        job = c.get(created["status_url"]).json()
+    assert job["status"] == "failed" and "internal error" in job["error"] and no_server_details(job["error"])
+
+
+def test_image_errors_name_no_server_path(serving, monkeypatch):
+    settings = with_env(monkeypatch, max_image_pixels=100)
+    with make_client(settings) as c:
+        bad = c.post("/v1/images", data={"style": STYLE}, files={"file": ("a.png", b"not an image at all")})
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 20)).save(buffer, "PNG")
+        big = c.post("/v1/images", data={"style": STYLE}, files={"file": ("a.png", buffer.getvalue())})
+    assert bad.status_code == 422 and no_server_details(bad.json()["detail"])
+    assert "tmp" not in bad.json()["detail"] and "upload" not in bad.json()["detail"]
+    assert big.status_code == 413 and big.json()["detail"] == "image too large: more than 100 pixels"
+
+
+def test_redis_down_is_503_with_retry_after(serving, clip):
+    with make_client(serving, redis_url=f"redis://127.0.0.1:{closed_port()}/0") as c:
+        answers = [
+            upload(c, clip.read_bytes()),
+            c.get(f"/v1/jobs/{uuid.uuid4()}"),
+            c.get(f"/v1/jobs/{uuid.uuid4()}/result"),
+            c.delete(f"/v1/jobs/{uuid.uuid4()}"),
+        ]
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"].isdigit() and r.headers["content-type"] == "application/json"
+        assert r.json() == {"detail": "the job queue is unavailable; try again shortly"}
+    assert job_dirs(serving) == []
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+def test_readiness_reports_each_dependency_and_needs_a_live_worker(client, serving):
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "redis": True, "registry": True, "workers": False}
+    worker = build_worker(serving)
+    worker.register_birth()
+    try:
+        r = client.get("/readyz")
+        assert r.status_code == 200
+        assert r.json() == {"status": "ok", "redis": True, "registry": True, "workers": True}
+    finally:
+        worker.register_death()
+    assert client.get("/readyz").json()["workers"] is False
+
+
+def test_readiness_without_redis_has_no_exception_text(serving):
+    with make_client(serving, redis_url=f"redis://127.0.0.1:{closed_port()}/0") as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "redis": False, "registry": True, "workers": False}
+
+
+def test_delete_after_the_finish_is_refused_and_the_result_stays(client, serving, clip):
+    """The worker's finish wins: the DELETE gets 409, the job stays finished, its result readable."""
+    created = upload(client, clip.read_bytes()).json()
+    job, redis = queue_of(serving).fetch_job(created["id"]), queue_of(serving).connection
+    job.set_status(JobStatus.STARTED)
+    assert settle.finish(redis, job.id, 60) == settle.FINISHED  # what the worker does after writing the output
+    (serving.jobs_dir / job.id / "output.mp4").write_bytes(clip.read_bytes())
+    r = client.delete(f"/v1/jobs/{job.id}")
+    assert r.status_code == 409 and "already finished" in r.json()["detail"]
+    job.set_status(JobStatus.FINISHED)  # RQ's own success handling, right after
+    assert client.get(created["status_url"]).json()["status"] == "finished"
+    assert client.get(created["result_url"]).status_code == 200
+
+
+def test_delete_before_the_finish_wins_and_the_job_stays_cancelled(client, serving, clip):
+    """The DELETE wins: 204, and the job reads cancelled from then on (never finished, never 410)."""
+    created = upload(client, clip.read_bytes()).json()
+    job, redis = queue_of(serving).fetch_job(created["id"]), queue_of(serving).connection
+    job.set_status(JobStatus.STARTED)  # running (its worker is not reachable: the stop command has nowhere to go)
+    assert client.delete(f"/v1/jobs/{job.id}").status_code == 204
+    assert client.get(created["status_url"]).json()["status"] == "cancelled"
+    assert settle.finish(redis, job.id, 60) == settle.CANCELLED  # the worker's finish comes second: refused
+    job.set_status(JobStatus.FAILED)  # how RQ records the job the worker then ends
+    assert client.get(created["status_url"]).json()["status"] == "cancelled"
+    assert client.get(created["result_url"]).status_code == 409
+    assert client.delete(f"/v1/jobs/{job.id}").status_code == 204  # idempotent
+
+
+def test_a_worker_whose_job_was_cancelled_meanwhile_keeps_nothing(client, serving, clip):
+    """The DELETE's mark reaches a worker that never got the stop command: the job ends cancelled, once."""
+    created = upload(client, clip.read_bytes()).json()
+    outcome = settle.cancel(queue_of(serving).connection, created["id"], 60)  # as DELETE, minus the RQ cancel
+    assert outcome == settle.CancelOutcome(settle.CANCELLED, True)
+    assert attempts(serving) == 1
+    job = client.get(created["status_url"]).json()
+    assert job["status"] == "cancelled" and job["retries_left"] == 0 and job["error"] is None
+    assert job_dirs(serving) == []
+
+
+def test_job_timeout_scales_with_pixels_times_frames(client, serving, clip):
+    s = serving.model_copy(
+        update={
+            "job_seconds_per_megapixel_frame": 10.0,
+            "job_min_frame_pixels": 320 * 240,
+            "job_min_timeout_seconds": 300,
+        }
+    )
+    assert job_timeout(1000, 1920, 1080, s) == 20_736  # 1000 x 2.0736 MP x 10 s
+    assert job_timeout(100, 3840, 2160, s) == 8_295
+    assert job_timeout(30_000, 16, 16, s) == 23_040  # tiny frames count as 320x240
+    assert job_timeout(10, 64, 48, s) == 300  # the minimum
+    created = upload(client, clip.read_bytes()).json()
+    assert queue_of(serving).fetch_job(created["id"]).timeout == job_timeout(12, 64, 48, serving)

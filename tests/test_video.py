@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,14 +10,25 @@ import av
 import numpy as np
 import pytest
 import torch
+from serving_helpers import make_resizing_clip
 from typer.testing import CliRunner
 
+import clipmorph.video as video_module
 from clipmorph.artifact import ModelInfo, save_model
 from clipmorph.cli import app
 from clipmorph.flow import warping_error
 from clipmorph.inference import StylizeOptions
 from clipmorph.network import PRESETS, build
-from clipmorph.video import Progress, StylizeCancelled, VideoError, probe, stylize_video
+from clipmorph.video import (
+    Progress,
+    StylizeCancelled,
+    VideoError,
+    VideoLimitError,
+    VideoLimits,
+    batch_size_for,
+    probe,
+    stylize_video,
+)
 
 FAST = {"max_side": 96, "stabilize": "none", "batch_size": 4}
 
@@ -290,3 +302,99 @@ def test_cli_stylizes_a_video_and_fails_cleanly(video_settings, model, assets, t
     assert result.exit_code != 0
     assert "not a readable video" in result.output
     assert not (tmp_path / "bad-out.mp4").exists()
+
+
+# ---------------------------------------------------------------- limits (issue #15)
+
+LIMITS = VideoLimits(max_side=3840, max_pixels=3840 * 2160, max_frames=72_000, max_seconds=1200.0)
+
+
+def test_probe_refuses_frames_frame_counts_and_durations_over_the_limits(video_settings, tmp_path):
+    src = make_clip(tmp_path / "clip.mp4", size=(64, 48), pts=list(range(50)))  # 2 s at 25 fps
+    assert probe(src, limits=LIMITS).frames == 50
+    cases = {
+        "larger than the limit of 60 pixels a side": replace(LIMITS, max_side=60),
+        "more pixels than the limit of 3071 per frame": replace(LIMITS, max_pixels=64 * 48 - 1),
+        "more frames than the limit of 49": replace(LIMITS, max_frames=49),
+        "longer than the limit of 1.5 seconds": replace(LIMITS, max_seconds=1.5),
+    }
+    for words, limits in cases.items():
+        with pytest.raises(VideoLimitError, match=words):
+            probe(src, limits=limits)
+
+
+def test_a_4096_square_video_is_refused_by_the_default_limits(video_settings, tmp_path):
+    src = tmp_path / "huge.mp4"
+    with av.open(str(src), "w") as out:  # two flat frames: a few KB, quick to encode
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 4096, 4096, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(2):
+            frame = av.VideoFrame.from_ndarray(np.full((4096, 4096, 3), i * 90, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(VideoLimitError, match="4096x4096 frames are larger than the limit of 3840"):
+        probe(src)
+
+
+def test_resolution_change_mid_stream_is_scaled_to_the_first_size(video_settings, model, tmp_path):
+    """The probe sees 64x48; the last frames are 96x72. strength < 1 blends at the input size (was a cv2.error)."""
+    src = make_resizing_clip(tmp_path / "resize.ts", [((64, 48), 50), ((96, 72), 5)])
+    assert (probe(src).width, probe(src).height) == (64, 48)
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST, strength=0.5))
+    assert (info.width, info.height, info.frames) == (64, 48, 55)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert {(f.width, f.height) for f in c.decode(video=0)} == {(64, 48)}
+
+
+def test_a_frame_over_the_limit_mid_stream_fails_in_the_decode_loop(video_settings, model, tmp_path):
+    src = make_resizing_clip(tmp_path / "grows.ts", [((64, 48), 50), ((96, 72), 5)])
+    limits = replace(LIMITS, max_pixels=64 * 48)
+    assert probe(src, limits=limits).frames == 55  # the probe cannot tell
+    with pytest.raises(VideoLimitError, match="96x72 frames have more pixels than the limit of 3072"):
+        stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST), limits=limits)
+    assert leftovers(tmp_path, {"grows.ts", "var", "runs"}) == []  # no output, no .partial
+
+
+def test_frame_count_and_duration_are_checked_while_decoding(video_settings, tmp_path):
+    """Packets can undercount frames (and lie about time): the decode loop counts what it decodes."""
+    src = make_clip(tmp_path / "clip.mp4", size=(16, 16), pts=list(range(30)))
+    decode = video_module._decode_frames
+    assert len(list(decode(src, (16, 16), (16, 16), LIMITS))) == 30
+    with pytest.raises(VideoLimitError, match="more frames than the limit of 29"):
+        list(decode(src, (16, 16), (16, 16), replace(LIMITS, max_frames=29)))
+    with pytest.raises(VideoLimitError, match="longer than the limit of 1 seconds"):
+        list(decode(src, (16, 16), (16, 16), replace(LIMITS, max_seconds=1.0)))
+
+
+def test_batch_size_shrinks_with_frame_area():
+    budget = 4 * 1280 * 720  # the default
+    assert batch_size_for((1280, 720), 4, budget) == 4
+    assert batch_size_for((1920, 1080), 4, budget) == 1
+    assert batch_size_for((3840, 2160), 4, budget) == 1  # never 0
+    assert batch_size_for((16, 16), 4, 10**9) == 4  # never above what was asked
+
+
+def test_batches_stay_within_the_pixel_budget_and_big_frames_are_tiled(video_settings, model, tmp_path, monkeypatch):
+    from clipmorph.settings import get_settings
+
+    batches: list[tuple] = []
+    tiled: list[tuple] = []
+    real_frames, real_array = video_module.stylize_frames, video_module.stylize_array
+    monkeypatch.setattr(video_module, "stylize_frames", lambda m, x: batches.append(x.shape) or real_frames(m, x))
+    monkeypatch.setattr(video_module, "stylize_array", lambda m, x, o: tiled.append(x.shape) or real_array(m, x, o))
+    src = make_clip(tmp_path / "clip.mp4", size=(64, 48), pts=list(range(7)))
+    options = StylizeOptions(max_side=0, stabilize="none", batch_size=4)
+
+    monkeypatch.setenv("CLIPMORPH_BATCH_PIXELS", str(2 * 64 * 48))
+    get_settings.cache_clear()
+    stylize_video(src, tmp_path / "a.mp4", model, options)
+    assert [shape[0] for shape in batches] == [2, 2, 2, 1] and not tiled
+
+    batches.clear()  # a frame over the batch budget on its own: tiled
+    monkeypatch.setenv("CLIPMORPH_BATCH_PIXELS", str(32 * 32))
+    monkeypatch.setenv("CLIPMORPH_TILE_PIXELS", str(32 * 32))
+    get_settings.cache_clear()
+    stylize_video(src, tmp_path / "b.mp4", model, options)
+    assert not batches and tiled == [(48, 64, 3)] * 7  # one frame at a time, through the tiler

@@ -26,7 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
-from serving_helpers import make_clip, register_tiny_model
+from serving_helpers import make_clip, make_flat_clip, register_tiny_model
 
 from clipmorph.settings import REPO_ROOT, get_settings
 
@@ -253,6 +253,17 @@ def test_non_video_upload_explains_the_problem(stack: Stack, browser: WebDriver,
     browser.find_element(By.ID, "submit").click()
     assert "doesn't look like a video" in _error_text(browser)
     _screenshot(browser, "not-a-video")
+
+
+def test_frames_over_the_size_limit_are_explained(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    huge = make_flat_clip(tmp_path / "huge-frames.mp4", (4096, 4096), 2)  # a few KB: only the picture is too big
+    _open(browser, stack)
+    _choose_file(browser, huge)
+    browser.find_element(By.ID, "submit").click()
+    text = _error_text(browser)
+    assert "too big for this server" in text and "larger than the limit of 3840 pixels a side" in text
+    assert "accepts at most" not in text  # not mistaken for the byte limit
+    _screenshot(browser, "frames-too-large")
 
 
 def test_oversized_upload_explains_the_limit(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:

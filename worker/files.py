@@ -48,6 +48,17 @@ class JobFiles:
     def output(self) -> Path:
         return self.dir / "output.mp4"
 
+    def partials(self) -> list[Path]:
+        """Half-written outputs (clipmorph.video's hidden `.output.*.partial.mp4`) and an unfinished upload."""
+        if not self.dir.is_dir():
+            return []
+        return [p for p in self.dir.iterdir() if ".partial" in p.name or p == self.upload]
+
+    def remove_partials(self) -> None:
+        """Remove what a failed, killed or timed-out attempt left half-written; the input stays."""
+        for path in self.partials():
+            path.unlink(missing_ok=True)
+
     def delete(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -1,4 +1,11 @@
-"""Video jobs: upload and enqueue, status, result (with HTTP Range), cancel."""
+"""Video jobs: upload and enqueue, status, result (with HTTP Range), cancel.
+
+Uploads over a limit the probe can see (frame size, frame count, duration) are refused
+with 413; the worker checks every frame again and fails the job with the same message.
+A DELETE and a finishing worker race through worker.settle: a job still queued or
+running is cancelled (204, and it reads "cancelled" from then on); a job that already
+finished keeps its result and the DELETE gets 409.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +20,15 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 
 from api import jobstate, schemas
 from api.deps import Services, ServicesDep
 from api.uploads import openapi_multipart, receive_form
 from clipmorph.registry import ModelNotFoundError, get_version
-from clipmorph.video import VideoError, VideoInfo, probe
+from clipmorph.settings import Settings
+from clipmorph.video import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
+from worker import settle
 from worker.files import JobFiles, input_suffix
 from worker.jobs import enqueue_stylize
 
@@ -46,12 +55,16 @@ def check_style(services: Services, style: str) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown style {style!r}: {e}") from None
 
 
-def probe_upload(path: Path) -> VideoInfo:
-    """422 unless the file is a video with frames in it, within the size limits (blocking: run in a thread)."""
+def probe_upload(path: Path, settings: Settings) -> VideoInfo:
+    """422 unless the file is a video with frames in it, 413 past a limit (blocking: run in a thread)."""
     try:
-        info = probe(path)
+        info = probe(path, limits=VideoLimits.from_settings(settings))
+    except VideoLimitError as e:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"video too large: {public_message(e, path)}") from None
     except VideoError as e:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"not a usable video: {e}") from None
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"not a usable video: {public_message(e, path)}"
+        ) from None
     if info.frames == 0:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "not a usable video: it has no frames")
     return info
@@ -70,10 +83,16 @@ def _urls(request: Request, job_id: str) -> tuple[str, str]:
     response_model=schemas.JobCreated,
     openapi_extra=_UPLOAD_SCHEMA,
     summary="Upload a video to stylize",
-    responses={413: {"description": "Upload too large"}, 422: {"description": "Not a video, or unknown style"}},
+    responses={
+        413: {"description": "Upload, frames, frame count or duration over a limit"},
+        422: {"description": "Not a video, or unknown style"},
+        503: {"description": "The job queue (Redis) is unavailable; see Retry-After"},
+    },
 )
 async def create_job(request: Request, services: ServicesDep) -> schemas.JobCreated:
     settings = services.settings
+    # Fail before receiving what may be hundreds of megabytes that could not be queued anyway.
+    await run_in_threadpool(services.redis.ping)
     job_id = str(uuid.uuid4())
     files = JobFiles.of(settings.jobs_dir, job_id)
     files.dir.mkdir(parents=True)
@@ -92,9 +111,9 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
         await run_in_threadpool(check_style, services, form.style)
         source = files.input(input_suffix(received.filename))
         files.upload.rename(source)
-        info = await run_in_threadpool(probe_upload, source)
+        info = await run_in_threadpool(probe_upload, source, settings)
         options = {"max_side": form.max_side, "strength": form.strength, "stabilize": form.stabilize.value}
-        await run_in_threadpool(enqueue_stylize, services.queue, job_id, form.style, options, info.frames, settings)
+        await run_in_threadpool(enqueue_stylize, services.queue, job_id, form.style, options, info, settings)
     except BaseException:
         files.delete()
         raise
@@ -120,7 +139,7 @@ def _job_or_404(services: Services, job_id: uuid.UUID):
 def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schemas.Job:
     job = _job_or_404(services, job_id)
     jobstate.reap_if_abandoned(services.queue, job)
-    return jobstate.describe(job, _urls(request, job.id)[1])
+    return jobstate.describe(job, _urls(request, job.id)[1], settle.ended(services.redis, job.id))
 
 
 @router.get(
@@ -131,7 +150,7 @@ def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schem
 )
 def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
     job = _job_or_404(services, job_id)
-    state = jobstate.state_of(job)
+    state = jobstate.state_of(job, settle.ended(services.redis, job.id))
     if state is not schemas.JobState.finished:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state.value}, there is no result yet")
     output = JobFiles.of(services.settings.jobs_dir, job_id).output
@@ -145,20 +164,32 @@ def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
     "/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Cancel a queued or running job and delete its files",
+    responses={409: {"description": "The job has already finished; its result stays until it expires"}},
 )
 def delete_job(job_id: uuid.UUID, services: ServicesDep) -> Response:
     job = _job_or_404(services, job_id)
-    current = job.get_status(refresh=False)
-    if current == JobStatus.STARTED:
-        # The worker stops between frames; the job then reads "cancelled".
-        try:
-            send_stop_job_command(services.queue.connection, job.id)
-        except InvalidJobOperation:
-            log.info("job %s ended before it could be stopped", job.id)
-    elif jobstate.state_of(job) is schemas.JobState.queued:
-        try:
-            job.cancel()
-        except InvalidJobOperation:
-            log.info("job %s was already cancelled", job.id)
+    outcome = settle.cancel(services.redis, job.id, services.settings.job_ttl_seconds)
+    if outcome.state == settle.FINISHED:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job_id} has already finished; its result stays until it expires"
+        )
+    if outcome.changed:
+        _stop(job)
+    # Cancelled now or earlier, or failed: there is no result to keep.
     JobFiles.of(services.settings.jobs_dir, job_id).delete()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _stop(job: Job) -> None:
+    """Take a job that was just marked cancelled off the queue, or tell its worker to stop between frames."""
+    job.refresh()
+    if job.get_status(refresh=False) == JobStatus.STARTED:
+        try:
+            send_stop_job_command(job.connection, job.id)
+        except InvalidJobOperation:  # its worker died: the job, when reaped or retried, reads the mark
+            log.info("job %s has no live worker to stop", job.id)
+        return
+    try:
+        job.cancel()
+    except InvalidJobOperation:
+        log.info("job %s was already cancelled", job.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from clipmorph.inference import ImageError, StylizeOptions, open_image, stylize_
 from clipmorph.promotion import PromotionError, PromotionResult, promote, version_metrics
 from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, style_of
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
 StyleName = Annotated[str, PathParam(pattern=schemas.STYLE_PATTERN, description="A style, e.g. kandinsky.")]
 PREVIEW_SIDE = 512
@@ -55,7 +57,8 @@ def render_preview(services: Services, style: str) -> Path:
     try:
         photo = open_image(services.settings.preview_photo_path)
     except (ImageError, FileNotFoundError) as e:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"preview photo unavailable: {e}") from None
+        log.error("preview photo unavailable: %s", e)  # the operator's to fix; the path stays in the log
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the preview photo is unavailable") from None
     photo.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
     image = stylize_pil(loaded.model, photo, StylizeOptions()).convert("RGB")
     target.parent.mkdir(parents=True, exist_ok=True)

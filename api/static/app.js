@@ -161,6 +161,10 @@ function explain(status, detail, context) {
       ? "The server didn't accept your API token. Check the token in the “API token” panel at the top and try again."
       : "This server needs an API token. Open the “API token” panel at the top, paste your token, and try again.";
   }
+  if (status === 413 && /^(video|image) too large: /.test(lower)) {
+    // A limit on the picture or the length (frame size, frames, duration), not on the bytes.
+    return `That ${what} is too big for this server: ${d.replace(/^(video|image) too large: /i, "")}. Try a smaller resolution or a shorter clip.`;
+  }
   if (status === 413) {
     const size = state.file ? ` (${formatBytes(state.file.size)})` : "";
     const limit = /limit of (\d+)/.exec(d);
