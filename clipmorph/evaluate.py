@@ -2,12 +2,17 @@
 
 Every number is computed the same way for every model so that the promotion gate
 can compare versions:
+  * style_distance / content_distance / artefact_score (clipmorph.quality): the
+    validation photos at frame size, stylized as `clipmorph stylize` does (at the
+    model's frame side), against the painting shown at the same size, the photo,
+    and a blob/halo detector; these do not depend on how the model was trained;
   * style_loss / content_loss: the training losses (unweighted) on a fixed set of
     validation photos, centre-cropped, with the VGG net, layers and scales the
     model was trained with; the style target is recomputed from its style images;
-  * warping_error (Lai et al. 2018): flow between consecutive *input* frames,
-    occlusions masked, output t+1 warped onto t, masked MSE; warping_error_input
-    is the same for the input itself and warping_ratio = output / input;
+  * warping_error (Lai et al. 2018): Farneback flow (not the DIS flow the
+    stabiliser follows) between consecutive *input* frames, occlusions masked,
+    output t+1 warped onto t, masked MSE; warping_error_input is the same for the
+    input itself and warping_ratio = output / input;
   * fps_cpu_640x360 (and fps_cuda_640x360): network frames per second.
 With `baseline=True` the clip and speed numbers are repeated with the norm
 smoothing switched off, under `baseline_*` keys, to show what stabilisation buys.
@@ -23,15 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
+import PIL.Image
 import torch
 from torchvision.transforms import v2
 
-from clipmorph import losses
+from clipmorph import losses, quality
 from clipmorph.artifact import ModelInfo, load_model, sha256_file
 from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.flow import warping_errors
-from clipmorph.inference import StylizeOptions, norm_smoothing, resolve_device
+from clipmorph.inference import StylizeOptions, network_size, norm_smoothing, resize, resolve_device, stylize_array
+from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
 from clipmorph.stabilize import FlowStabilizer, estimate_motion
@@ -41,14 +48,16 @@ from clipmorph.video import stabilize_modes
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = (
+    STYLE,
+    CONTENT,
+    ARTEFACT,
     "style_loss",
     "content_loss",
     "warping_error",
     "warping_error_input",
-    "warping_ratio",
-    "fps_cpu_640x360",
+    WARPING,
+    CPU_FPS,
 )
-CUDA_FPS = "fps_cuda_640x360"
 BASELINE_PREFIX = "baseline_"
 FPS_SIZE = (360, 640)  # (H, W)
 
@@ -56,7 +65,8 @@ FPS_SIZE = (360, 640)  # (H, W)
 @dataclass(frozen=True)
 class EvalOptions:
     photos: int = 4
-    photo_size: int = 256
+    photo_size: int = 256  # centre crops for the training losses
+    photo_side: int = 640  # longer side of the photos for the quality metrics (a typical frame)
     frames: int = 24
     frame_side: int = 320  # longer side of the downscaled clip
     batch: int = 8  # frames per forward pass; smoothing state carries across batches
@@ -174,12 +184,20 @@ def _forward(model: Stylizer, x: torch.Tensor, device: torch.device) -> torch.Te
 
 @torch.inference_mode()
 def stylize_frames(model: Stylizer, frames: list[np.ndarray], batch: int, device: torch.device) -> list[np.ndarray]:
-    """Run the model over frames in order (so norm smoothing carries across them); float32 HxWx3 outputs."""
+    """Run the model over frames in order (so norm smoothing carries across them); float32 HxWx3 outputs.
+
+    Frames are scaled to the model's frame side and back, as the video engine does.
+    """
+    h, w = frames[0].shape[:2]
+    size = network_size(w, h, None, model)
     model.reset_temporal_state()
     out: list[np.ndarray] = []
-    for x in _batches(frames, batch):
+    for x in _batches([resize(f, size) for f in frames], batch):
         y = _forward(model, x, device)
-        out.extend(y.permute(0, 2, 3, 1).cpu().numpy())
+        out.extend(
+            cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) if size != (w, h) else o
+            for o in y.permute(0, 2, 3, 1).cpu().numpy()
+        )
     model.reset_temporal_state()
     return out
 
@@ -208,6 +226,30 @@ def photo_losses(
     }
 
 
+def painting_paths(spec: str) -> list[tuple[Path, float]]:
+    return [(i.path, i.weight) for i in parse_style_spec(spec, get_settings().styles_dir)]
+
+
+@torch.inference_mode()
+def quality_metrics(
+    model: Stylizer, vgg: VGGFeatures, paintings: list[tuple[Path, float]], count: int, side: int
+) -> dict[str, float]:
+    """style/content distance and artefact score of validation photos stylized as `clipmorph stylize` does."""
+    folder = get_settings().photos_dir / get_settings().eval_photos
+    model.set_norm_smoothing(0.0)
+    rows = []
+    for path in find_images([folder])[:count]:
+        img = load_rgb(path)
+        img.thumbnail((side, side), PIL.Image.LANCZOS)
+        photo = np.asarray(img)
+        out = stylize_array(model, photo, StylizeOptions())
+        style = sum(w * quality.style_distance(vgg, out, p)["style"] for p, w in paintings)
+        content = quality.content_distance(vgg, out, photo)["content"]
+        rows.append((style, content, quality.artefact_score(out, photo)))
+    style, content, artefact = np.mean(rows, axis=0)
+    return {STYLE: float(style), CONTENT: float(content), ARTEFACT: float(artefact)}
+
+
 def flow_stabilized(frames: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
     """The video engine's flow-guided blending applied to rendered frames (float32 in [0, 1])."""
     stabilizer = FlowStabilizer()
@@ -222,14 +264,14 @@ def flow_stabilized(frames: list[np.ndarray], outputs: list[np.ndarray]) -> list
 
 def temporal_metrics(frames: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> dict[str, float]:
     """Warping errors of each rendering (keyed by metric prefix) and of the input, flow computed once."""
-    inputs = [f.astype(np.float32) / 255 for f in frames]
-    input_error, *errors = warping_errors(inputs, [inputs, *outputs.values()])
+    flows = quality.pair_flows(frames)
     metrics: dict[str, float] = {}
-    for prefix, error in zip(outputs, errors, strict=True):
+    for prefix, rendering in outputs.items():
+        found = quality.warping_ratio(frames, rendering, flows)
         metrics |= {
-            f"{prefix}warping_error": error,
-            f"{prefix}warping_error_input": input_error,
-            f"{prefix}warping_ratio": error / input_error if input_error > 0 else float("inf"),
+            f"{prefix}warping_error": found["warping_error"],
+            f"{prefix}warping_error_input": found["warping_error_input"],
+            f"{prefix}{WARPING}": found["warping_ratio"],
         }
     return metrics
 
@@ -255,7 +297,7 @@ def frames_per_second(model: Stylizer, device: torch.device, opts: EvalOptions) 
 
 
 def speed_metrics(model: Stylizer, opts: EvalOptions) -> dict[str, float]:
-    metrics = {"fps_cpu_640x360": frames_per_second(_prepare(model, torch.device("cpu")), torch.device("cpu"), opts)}
+    metrics = {CPU_FPS: frames_per_second(_prepare(model, torch.device("cpu")), torch.device("cpu"), opts)}
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
         metrics[CUDA_FPS] = frames_per_second(_prepare(model, cuda), cuda, opts)
@@ -291,7 +333,8 @@ def evaluate(
     frames = read_frames(video or settings.videos_dir / settings.eval_video, opts.frames, opts.frame_side)
 
     model = _prepare(model, dev)
-    metrics = photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
+    metrics = quality_metrics(model, vgg, painting_paths(style or style_spec(info)), opts.photos, opts.photo_side)
+    metrics |= photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
     runs = {"": (smoothing, use_flow)} | ({BASELINE_PREFIX: (0.0, False)} if baseline else {})
     outputs: dict[str, list[np.ndarray]] = {}
     for prefix, (alpha, flow_blend) in runs.items():
@@ -302,7 +345,7 @@ def evaluate(
         metrics |= {prefix + k: v for k, v in speed_metrics(model, opts).items()}
         if prefix:
             # Photo losses never use smoothing, so the baseline's are the same numbers.
-            metrics |= {prefix + k: metrics[k] for k in ("style_loss", "content_loss")}
+            metrics |= {prefix + k: metrics[k] for k in (STYLE, CONTENT, ARTEFACT, "style_loss", "content_loss")}
     metrics |= temporal_metrics(frames, outputs)
     model.set_norm_smoothing(smoothing)
     order = [prefix + key for prefix in runs for key in (*METRIC_KEYS, CUDA_FPS)]

@@ -2,8 +2,12 @@
 
 The gate compares a candidate version's evaluation metrics (clipmorph.evaluate,
 logged on the version's MLflow run) with the current champion's:
+  * style_distance (how far from the painting) and content_distance (how far
+    from the photo) may be worse by at most settings.gate_style_tolerance and
+    settings.gate_content_tolerance (relative): a version that is steadier only
+    because it paints less cannot win;
+  * artefact_score must stay under quality.ARTEFACT_MAX_PERCENT (no blobs/halos);
   * warping_ratio may not be worse (beyond settings.gate_warping_tolerance),
-  * style_loss may be worse by at most settings.gate_style_tolerance (relative),
   * frames/s may be lower by at most settings.gate_fps_tolerance (relative); the
     CUDA numbers are compared when both versions have them, else the CPU ones.
 The first version of a model becomes champion once it has those metrics.
@@ -20,12 +24,12 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from clipmorph.evaluate import CUDA_FPS
+from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
+from clipmorph.quality import ARTEFACT_MAX_PERCENT
 from clipmorph.registry import ModelNotFoundError, registered_name
 from clipmorph.settings import get_settings
 
-CPU_FPS = "fps_cpu_640x360"
-GATE_KEYS = ("warping_ratio", "style_loss", CPU_FPS)
+GATE_KEYS = (STYLE, CONTENT, ARTEFACT, WARPING, CPU_FPS)
 TAG_PREFIX = "metric."
 
 
@@ -99,11 +103,12 @@ def gate(candidate: dict[str, float], champion: dict[str, float]) -> list[GateCh
     fps = CUDA_FPS if CUDA_FPS in candidate and CUDA_FPS in champion else CPU_FPS
     # (metric, tolerance, higher is better): how far the candidate may fall behind the champion on each.
     rules = [
-        ("warping_ratio", s.gate_warping_tolerance, False),
-        ("style_loss", s.gate_style_tolerance, False),
+        (STYLE, s.gate_style_tolerance, False),
+        (CONTENT, s.gate_content_tolerance, False),
+        (WARPING, s.gate_warping_tolerance, False),
         (fps, s.gate_fps_tolerance, True),
     ]
-    return [
+    checks = [
         GateCheck(
             metric,
             candidate[metric],
@@ -113,6 +118,9 @@ def gate(candidate: dict[str, float], champion: dict[str, float]) -> list[GateCh
         )
         for metric, tolerance, higher in rules
     ]
+    # Artefacts are judged on an absolute scale: a champion with blobs is no licence for more of them.
+    checks.append(GateCheck(ARTEFACT, candidate[ARTEFACT], champion[ARTEFACT], ARTEFACT_MAX_PERCENT, False))
+    return checks
 
 
 def _record(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

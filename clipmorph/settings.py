@@ -90,7 +90,12 @@ class Settings(BaseSettings):
     # Evaluation (clipmorph evaluate) and the promotion gate (clipmorph promote).
     eval_photos: str = Field("coco128_val2017", description="Validation photo folder under photos_dir.")
     eval_video: str = Field("bikes.mp4", description="Validation clip under videos_dir.")
-    gate_style_tolerance: float = Field(0.05, description="A candidate's style_loss may exceed the champion's by this.")
+    gate_style_tolerance: float = Field(
+        0.05, description="A candidate's style_distance may exceed the champion's by this fraction."
+    )
+    gate_content_tolerance: float = Field(
+        0.10, description="A candidate's content_distance may exceed the champion's by this fraction."
+    )
     gate_fps_tolerance: float = Field(0.15, description="A candidate's frames/s may be this fraction lower.")
     gate_warping_tolerance: float = Field(0.0, description="A candidate's warping_ratio may exceed by this fraction.")
 

@@ -11,10 +11,19 @@ from clipmorph.artifact import ModelInfo, save_model
 from clipmorph.cli import app
 from clipmorph.network import PRESETS, build
 from clipmorph.promotion import PromotionError, auto_promote_first, current_champion, promote, version_metrics
+from clipmorph.quality import ARTEFACT_MAX_PERCENT
 
 STYLE = "gatetest"
 NAME = registry.registered_name(STYLE)
-GOOD = {"warping_ratio": 2.0, "style_loss": 1.0, "content_loss": 5.0, "fps_cpu_640x360": 30.0}
+GOOD = {
+    "warping_ratio": 2.0,
+    "style_distance": 1.0,
+    "content_distance": 0.5,
+    "artefact_score": 0.1,
+    "style_loss": 1.0,
+    "content_loss": 5.0,
+    "fps_cpu_640x360": 30.0,
+}
 
 
 @pytest.fixture
@@ -63,13 +72,19 @@ def test_first_version_without_metrics_is_refused(client, register):
     ("change", "passes"),
     [
         ({}, True),
-        ({"warping_ratio": 1.5, "style_loss": 0.9, "fps_cpu_640x360": 40.0}, True),
+        ({"warping_ratio": 1.5, "style_distance": 0.9, "fps_cpu_640x360": 40.0}, True),
         ({"warping_ratio": 2.2}, False),
-        ({"style_loss": 1.04}, True),  # within the default 5 % tolerance
-        ({"style_loss": 1.2}, False),
+        ({"style_distance": 1.04}, True),  # within the default 5 % tolerance
+        ({"style_distance": 1.2}, False),
+        ({"content_distance": 0.54}, True),  # within the default 10 % tolerance
+        ({"content_distance": 0.6}, False),
+        ({"artefact_score": ARTEFACT_MAX_PERCENT * 0.9}, True),  # under the absolute threshold
+        ({"artefact_score": ARTEFACT_MAX_PERCENT * 3}, False),
+        # Steadier only because it paints less: the style check refuses it.
+        ({"warping_ratio": 1.0, "style_distance": 1.5}, False),
         ({"fps_cpu_640x360": 27.0}, True),  # within the default 15 % tolerance
         ({"fps_cpu_640x360": 20.0}, False),
-        ({"content_loss": 50.0}, True),  # not gated
+        ({"style_loss": 5.0, "content_loss": 50.0}, True),  # training losses depend on the recipe: not gated
     ],
 )
 def test_gate_against_the_champion(client, register, change, passes):
@@ -81,7 +96,9 @@ def test_gate_against_the_champion(client, register, change, passes):
     assert current_champion(client, NAME) == (v2 if passes else v1)
     assert result.previous == v1 and result.candidate_metrics["warping_ratio"] == (GOOD | change)["warping_ratio"]
     failed = {c.metric for c in result.checks if not c.passed}
-    assert failed == (set() if passes else set(change))
+    gated = {"warping_ratio", "style_distance", "content_distance", "artefact_score", "fps_cpu_640x360"}
+    worse = {k for k, v in change.items() if k in gated and (v < GOOD[k] if k.startswith("fps") else v > GOOD[k])}
+    assert failed == (set() if passes else worse)
     if not passes:
         assert "does not beat" in result.message
 
@@ -90,7 +107,7 @@ def test_gate_tolerances_come_from_settings(client, register, settings, monkeypa
     from clipmorph.settings import get_settings
 
     assert auto_promote_first(client, STYLE, register(GOOD))
-    v2 = register(GOOD | {"style_loss": 1.2})
+    v2 = register(GOOD | {"style_distance": 1.2})
     monkeypatch.setenv("CLIPMORPH_GATE_STYLE_TOLERANCE", "0.25")
     get_settings.cache_clear()
     assert promote(client, STYLE, v2).promoted
@@ -106,7 +123,7 @@ def test_cuda_fps_is_compared_when_both_have_it(client, register):
 def test_missing_metrics_refuse_unless_forced(client, register):
     v1 = register(GOOD)
     assert auto_promote_first(client, STYLE, v1)
-    v2 = register({"style_loss": 0.5})
+    v2 = register({"style_distance": 0.5})
     result = promote(client, STYLE, v2)
     assert not result.promoted and "warping_ratio" in result.message and "fps_cpu_640x360" in result.message
     assert promote(client, STYLE, v2, force=True, reason="metrics lost, checked by eye").promoted
@@ -179,7 +196,7 @@ def test_cli_promote_refuses_with_both_metric_sets_then_forces(client, register)
     runner = CliRunner()
     v1 = register(GOOD)
     assert auto_promote_first(client, STYLE, v1)
-    v2 = register(GOOD | {"style_loss": 3.0})
+    v2 = register(GOOD | {"style_distance": 3.0})
 
     refused = runner.invoke(app, ["promote", STYLE, v2])
     assert refused.exit_code != 0
@@ -196,4 +213,4 @@ def test_cli_promote_refuses_with_both_metric_sets_then_forces(client, register)
 
     listing = runner.invoke(app, ["models"])
     assert listing.exit_code == 0, listing.output
-    assert NAME in listing.output and "champion" in listing.output and "style_loss" in listing.output
+    assert NAME in listing.output and "champion" in listing.output and "style_distance" in listing.output
