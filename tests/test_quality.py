@@ -105,16 +105,13 @@ def test_perceptual_distances_share_one_pass_and_agree(vgg, painting, one_torch_
 
 
 def panning_clip(frames: int = 4) -> list[np.ndarray]:
-    """A camera panning 3 px right per frame over a smooth texture."""
+    """A camera panning 3 px right per frame over blurred noise (texture Farneback can track)."""
+    import cv2
+
     rng = np.random.default_rng(1)
-    y, x = np.mgrid[0:72, 0 : 96 + 3 * frames].astype(np.float32)
-    scene = np.zeros((*x.shape, 3), np.float32)
-    for c in range(3):
-        for _ in range(5):
-            fx, fy, phase = rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.15), rng.uniform(0, 6)
-            scene[..., c] += np.sin(fx * x + fy * y + phase)
+    scene = cv2.GaussianBlur(rng.random((96, 128 + 3 * frames, 3)).astype(np.float32), (0, 0), 2)
     scene = (scene - scene.min()) / (scene.max() - scene.min())
-    return [(scene[:, 3 * t : 3 * t + 96] * 255).astype(np.uint8) for t in range(frames)]
+    return [(scene[:, 3 * t : 3 * t + 128] * 255).astype(np.uint8) for t in range(frames)]
 
 
 def test_warping_ratio_of_the_input_is_one_and_flicker_raises_it():
@@ -126,6 +123,16 @@ def test_warping_ratio_of_the_input_is_one_and_flicker_raises_it():
     both = quality.warping_ratio(clip, {"steady": clip, "flicker": flicker}, flows)
     assert both["steady_warping_ratio"] == pytest.approx(1.0)
     assert both["flicker_warping_ratio"] > 2.0
+
+
+def test_flow_taken_on_shrunk_frames_comes_back_at_full_scale(monkeypatch):
+    a, b = panning_clip(2)
+    full = np.median(quality.farneback(a, b)[8:-8, 8:-8], axis=(0, 1))
+    monkeypatch.setattr(quality, "FLOW_SIDE", 64)  # half the frame's width
+    half = quality.farneback(a, b)
+    assert half.shape == (*a.shape[:2], 2)
+    assert np.median(half[8:-8, 8:-8], axis=(0, 1)) == pytest.approx(full, abs=0.5)
+    assert full == pytest.approx([-3, 0], abs=0.5)  # the scene moves 3 px left between frames
 
 
 def test_grid_keeps_images_at_their_own_size():
