@@ -97,7 +97,8 @@ class PhotoDataset(Dataset):
                 img = load_rgb(path)
                 if self.frame_side:
                     img = self._at_frame_scale(img)
-                return self.transform(to_tensor(img))
+                # Resampling can overshoot [0, 1] by a rounding error; the losses assume that range.
+                return self.transform(to_tensor(img)).clamp_(0.0, 1.0)
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 self.unreadable.add(path)
                 log.warning("skipping unreadable image %s: %s", path, e)
