@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 STYLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -33,13 +33,21 @@ def _stabilize_alias(value: object) -> object:
 
 
 def _blank_is_none(value: object) -> object:
-    return None if value in ("", "0", 0) else value
+    return None if value == "" else value
+
+
+def _zero_or_at_least_16(value: int | None) -> int | None:
+    if value is not None and value != 0 and value < 16:
+        raise ValueError("max_side must be 0 (full size) or at least 16")
+    return value
 
 
 class StyleForm(BaseModel):
     style: str = Field(pattern=STYLE_PATTERN, description="A registered style, e.g. kandinsky (its champion is used).")
-    max_side: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(
-        None, ge=16, description="Stylize at this longest side (pixels), then scale back; empty or 0 = full size."
+    max_side: Annotated[int | None, BeforeValidator(_blank_is_none), AfterValidator(_zero_or_at_least_16)] = Field(
+        None,
+        description="Stylize at this longest side (pixels), then scale back; 0 = full size; "
+        "empty = the model's frame side (the size its strokes were learned at).",
     )
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 = the original, 1 = fully stylized.")
 

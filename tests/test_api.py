@@ -595,3 +595,19 @@ def test_job_timeout_scales_with_pixels_times_frames(client, serving, clip):
     assert job_timeout(10, 64, 48, s) == 300  # the minimum
     created = upload(client, clip.read_bytes()).json()
     assert queue_of(serving).fetch_job(created["id"]).timeout == job_timeout(12, 64, 48, serving)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("0", 0), ("32", 32)])
+def test_max_side_empty_means_the_models_frame_side_and_zero_full_size(value, expected):
+    from api.schemas import StyleForm
+
+    assert StyleForm(style="kandinsky", max_side=value).max_side == expected
+
+
+def test_max_side_between_1_and_15_is_refused():
+    from pydantic import ValidationError
+
+    from api.schemas import StyleForm
+
+    with pytest.raises(ValidationError, match="0 \\(full size\\) or at least 16"):
+        StyleForm(style="kandinsky", max_side=8)

@@ -13,7 +13,9 @@ def stylize(
     output: Path = typer.Argument(..., help="Where to write; videos: .mp4/.mov/.mkv, images: the input's format."),
     model: str = typer.Option(..., "--model", "-m", help="kandinsky, kandinsky@alias, kandinsky/3 or a model folder."),
     max_side: int | None = typer.Option(
-        None, help="Stylize at most this long a side; the output keeps the input size."
+        None,
+        help="Stylize at most this long a side (0: the input's own size; default: the model's frame side, "
+        "the size its strokes were learned at); the output keeps the input size.",
     ),
     strength: float = typer.Option(1.0, min=0.0, max=1.0, help="0 = original, 1 = fully stylized."),
     stabilize: str | None = typer.Option(None, help="none | norm | flow | both (videos; default: flow)."),
