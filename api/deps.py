@@ -57,17 +57,49 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="Required when the server sets CLIPMORPH_API_TOKEN.")
 
 
+def _matches(given: str, expected: str) -> bool:
+    return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def admin_name(settings: Settings, given: str) -> str | None:
+    """The name of the admin whose token this is, or None."""
+    found = None
+    for name, token in settings.admin_tokens.items():
+        if _matches(given, token.get_secret_value()):
+            found = name  # no early return: the time taken does not tell which entry matched
+    return found
+
+
 def require_token(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """When a token is configured, every /v1 request must carry it as `Authorization: Bearer <token>`."""
+    """When a token is configured, every /v1 request must carry it (or an admin token) as a bearer token."""
     expected = services.settings.api_token.get_secret_value() if services.settings.api_token else ""
     if not expected:
         return
     given = credentials.credentials if credentials else ""
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    if not _matches(given, expected) and admin_name(services.settings, given) is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong API token" if given else "this server requires an API token (Authorization: Bearer)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def require_admin(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """An admin token (CLIPMORPH_ADMIN_TOKENS) is required; returns its name, which is the recorded actor."""
+    if not services.settings.admin_tokens:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "promotion over the API is disabled: the server has no CLIPMORPH_ADMIN_TOKENS"
+        )
+    name = admin_name(services.settings, credentials.credentials if credentials else "")
+    if name is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "promotion needs an admin token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return name
+
+
+AdminDep = Annotated[str, Depends(require_admin)]

@@ -135,7 +135,6 @@ class PromotionRequest(BaseModel):
     version: str = Field(pattern=r"^\d+$", description="The registered version to make champion.")
     force: bool = Field(False, description="Override a failing gate; needs a reason.")
     reason: str | None = Field(None, max_length=1000)
-    actor: str | None = Field(None, max_length=200, description="Who asks, recorded on the version.")
 
 
 class GateCheck(BaseModel):

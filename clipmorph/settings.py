@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     # Serving.
     api_token: SecretStr | None = None
+    # Who may move a champion over the API: {"alice": "<token>", ...} (CLIPMORPH_ADMIN_TOKENS as JSON).
+    # Distinct from api_token, which only uploads and reads; the promotion's actor is the token's name.
+    admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_upload_bytes: int = 32 * 1024 * 1024
     job_ttl_seconds: int = 24 * 3600

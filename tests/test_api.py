@@ -297,25 +297,42 @@ def test_docs_pages_load_every_asset_from_the_app(client, page):
     assert client.get("/openapi.json").status_code == 200
 
 
-def test_promote_goes_through_the_gate_and_needs_the_token(serving):
+def test_promote_goes_through_the_gate_and_needs_an_admin_token(serving):
     register_tiny_model(serving, "promo")
     candidate = register_tiny_model(serving, "promo", champion=False)
-    with make_client(serving, api_token="s3cret") as c:
+    admins = {"alice": "adm1n-tok"}
+    with make_client(serving, api_token="s3cret", admin_tokens=admins) as c:
         url = "/v1/models/promo/promote"
         assert c.post(url, json={"version": candidate}).status_code == 401
-        auth = {"Authorization": "Bearer s3cret"}
+        # The upload token may read and upload, not promote.
+        upload = {"Authorization": "Bearer s3cret"}
+        denied = c.post(url, json={"version": candidate, "force": True, "reason": "x"}, headers=upload)
+        assert denied.status_code == 403 and "admin token" in denied.json()["detail"]
+        auth = {"Authorization": "Bearer adm1n-tok"}
         refused = c.post(url, json={"version": candidate}, headers=auth)
         assert refused.status_code == 409
         body = refused.json()
         assert body["promoted"] is False and body["previous"] == "1" and "no metrics" in body["message"]
         assert "candidate_metrics" in body and "champion_metrics" in body
         assert c.post(url, json={"version": candidate, "force": True}, headers=auth).status_code == 422
-        forced = c.post(url, json={"version": candidate, "force": True, "reason": "test"}, headers=auth)
+        # A client-supplied actor is ignored: the audit trail names the token's owner.
+        forced = c.post(
+            url, json={"version": candidate, "force": True, "reason": "test", "actor": "mallory"}, headers=auth
+        )
         assert forced.status_code == 200, forced.text
         assert forced.json()["promoted"] is True and forced.json()["changed"] is True
+        tags = registry.configure(serving).get_model_version(registry.registered_name("promo"), candidate).tags
+        assert tags["promotion.by"] == "alice"
         models = c.get("/v1/models", headers=auth).json()["models"]
         assert next(m for m in models if m["name"] == "promo")["champion_version"] == candidate
         assert c.post(url, json={"version": "99"}, headers=auth).status_code == 404
+
+
+def test_promotion_is_off_without_admin_tokens(serving):
+    register_tiny_model(serving, "promo2")
+    with make_client(serving, api_token="s3cret") as c:
+        r = c.post("/v1/models/promo2/promote", json={"version": "1"}, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 403 and "CLIPMORPH_ADMIN_TOKENS" in r.json()["detail"]
 
 
 def test_expired_job_folders_are_purged(tmp_path):

@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 
 from api import schemas
-from api.deps import Services, ServicesDep
+from api.deps import AdminDep, Services, ServicesDep
 from clipmorph.inference import ImageError, StylizeOptions, open_image, stylize_pil
 from clipmorph.promotion import PromotionError, PromotionResult, promote, version_metrics
 from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, style_of
@@ -91,11 +91,10 @@ def _promotion_body(result: PromotionResult) -> schemas.Promotion:
     summary="Make a version the style's champion, if it passes the quality gate (or forced, with a reason)",
     responses={409: {"model": schemas.Promotion, "description": "Refused by the gate; both metric sets included"}},
 )
-def promote_model(name: StyleName, body: schemas.PromotionRequest, services: ServicesDep):
+def promote_model(name: StyleName, body: schemas.PromotionRequest, services: ServicesDep, admin: AdminDep):
     try:
-        result = promote(
-            services.registry(), registered_name(name), body.version, body.force, body.reason, actor=body.actor or "api"
-        )
+        # The actor is whoever the admin token belongs to, never a name the client sends.
+        result = promote(services.registry(), registered_name(name), body.version, body.force, body.reason, actor=admin)
     except ModelNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
     except PromotionError as e:
