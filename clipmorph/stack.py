@@ -94,17 +94,27 @@ def redis_server() -> str:
     return exe
 
 
+def redis_server_args(settings: Settings, port: int) -> list[str]:
+    """Loopback only, and an append-only file flushed every second: a restarted (or killed) Redis
+    comes back with its queues, so queued and running jobs are not lost; at most ~1 s of writes is."""
+    data = settings.var_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    # "--save ''": no RDB snapshots on top of the append-only file.
+    return [
+        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+    ]  # fmt: skip
+
+
 def services(settings: Settings) -> list[Service]:
     """The stack's processes in start order; redis only when the configured URL is local."""
     bin_dir = Path(sys.executable).parent
     url = urlparse(settings.redis_url)
-    redis_args = f"--port {url.port or 6379} --bind 127.0.0.1 --dir {settings.run_dir} --appendonly no".split()
+    redis_args = redis_server_args(settings, url.port or 6379)
     api_args = f"api.main:create_app --factory --host {settings.api_host} --port {settings.api_port}".split()
     stack = []
     if (url.hostname or "127.0.0.1") in LOCAL_HOSTS:
-        stack.append(
-            Service("redis", ["redis-server", *redis_args, "--save", ""], lambda: _redis_ok(settings.redis_url))
-        )
+        stack.append(Service("redis", ["redis-server", *redis_args], lambda: _redis_ok(settings.redis_url)))
     stack.append(Service("api", [str(bin_dir / "uvicorn"), *api_args], lambda: _api_ok(settings)))
     stack.append(Service("worker", [str(bin_dir / "clipmorph"), "worker"], lambda: _worker_ok(settings)))
     return stack

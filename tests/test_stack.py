@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -86,3 +87,40 @@ def test_stack_up_status_logs_down(settings, monkeypatch):
     assert set(stopped) == {"redis", "api", "worker"}
     assert all(pid is None for pid in stack.status(s).values())
     assert not list(s.run_dir.glob("*.pid"))
+
+
+def test_stack_redis_keeps_its_data_across_a_kill(settings):
+    """The local stack's Redis persists (append-only, fsync every second): a SIGKILL loses no queued job."""
+    import redis as redis_lib
+
+    from clipmorph.stack import redis_server_args
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["redis-server", *redis_server_args(settings, port)]
+    assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        client = redis_lib.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return proc
+            except redis_lib.ConnectionError:
+                time.sleep(0.05)
+        proc.kill()
+        raise AssertionError("redis-server did not start")
+
+    proc = start()
+    try:
+        redis_lib.Redis(port=port).rpush("rq:queue:test", "job-1")
+        time.sleep(1.5)  # appendfsync everysec
+        proc.kill()
+        proc.wait()
+        proc = start()
+        assert redis_lib.Redis(port=port).lrange("rq:queue:test", 0, -1) == [b"job-1"]
+    finally:
+        proc.kill()
+        proc.wait()
