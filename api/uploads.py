@@ -9,7 +9,9 @@ refused with 413 as soon as it crosses it (or at once, from Content-Length).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 import anyio
@@ -122,6 +124,15 @@ def _bad(message: str) -> HTTPException:
 
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes")
+
+
+def ensure_disk_space(request: Request, folder: Path, max_file_bytes: int, min_free_bytes: int) -> None:
+    """507 before reading the body when the upload would leave less than `min_free_bytes` on the disk."""
+    declared = request.headers.get("content-length", "")
+    incoming = int(declared) if declared.isdigit() else max_file_bytes
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free - incoming < min_free_bytes:
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server is out of disk space; try again later")
 
 
 async def receive_form(request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int) -> ReceivedForm:

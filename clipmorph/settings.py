@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Distinct from api_token, which only uploads and reads; the promotion's actor is the token's name.
     admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_upload_bytes: int = 512 * 1024 * 1024
+    # An upload is refused (507) unless the jobs disk keeps this much free after it (the upload's declared
+    # size, or max_upload_bytes when undeclared): results and other jobs need room too.
+    min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
     max_image_upload_bytes: int = 32 * 1024 * 1024
     job_ttl_seconds: int = 24 * 3600
     # RQ job timeouts scale with frames x pixels: a 4K frame costs ~36 times a 640x360 one. The slowest

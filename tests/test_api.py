@@ -628,3 +628,12 @@ def test_max_side_between_1_and_15_is_refused():
 
     with pytest.raises(ValidationError, match="0 \\(full size\\) or at least 16"):
         StyleForm(style="kandinsky", max_side=8)
+
+
+def test_upload_refused_with_507_when_the_disk_would_fill(serving, clip):
+    serving.jobs_dir.mkdir(parents=True, exist_ok=True)
+    before = set(serving.jobs_dir.iterdir())
+    with make_client(serving, min_free_disk_bytes=10**18) as c:  # more free space than any disk has
+        r = upload(c, clip.read_bytes())
+        assert r.status_code == 507 and "disk space" in r.json()["detail"]
+    assert set(serving.jobs_dir.iterdir()) == before  # refused before any job folder was made

@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus
 
 from api import jobstate, schemas
 from api.deps import Services, ServicesDep
-from api.uploads import openapi_multipart, receive_form
+from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
 from clipmorph.video import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
@@ -85,6 +85,7 @@ def _urls(request: Request, job_id: str) -> tuple[str, str]:
     summary="Upload a video to stylize",
     responses={
         413: {"description": "Upload, frames, frame count or duration over a limit"},
+        507: {"description": "Not enough free disk space for the upload"},
         422: {"description": "Not a video, or unknown style"},
         503: {"description": "The job queue (Redis) is unavailable; see Retry-After"},
     },
@@ -93,6 +94,7 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
     settings = services.settings
     # Fail before receiving what may be hundreds of megabytes that could not be queued anyway.
     await run_in_threadpool(services.redis.ping)
+    ensure_disk_space(request, settings.jobs_dir, settings.max_upload_bytes, settings.min_free_disk_bytes)
     job_id = str(uuid.uuid4())
     files = JobFiles.of(settings.jobs_dir, job_id)
     files.dir.mkdir(parents=True)
