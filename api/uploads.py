@@ -122,6 +122,12 @@ def _bad(message: str) -> HTTPException:
     return HTTPException(status.HTTP_400_BAD_REQUEST, message)
 
 
+def _refuse_epilogue(data: bytes) -> None:
+    """The body ends at the closing boundary: anything but line breaks after it is refused, not read on."""
+    if data.strip(b"\r\n"):
+        raise _bad("data after the end of the multipart body")
+
+
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than the limit of {limit} bytes")
 
@@ -146,8 +152,17 @@ async def receive_form(request: Request, file_field: str, sink: BinaryIO, max_fi
         raise _too_large(max_file_bytes)
     collector = _FormCollector(file_field, max_file_bytes)
     parser = MultipartParser(boundary, collector.callbacks())
+    closing = b"--" + boundary + b"--"
+    tail = b""  # the end of the previous chunk, in case the closing delimiter is split across chunks
     async for chunk in request.stream():
+        if collector.complete:
+            _refuse_epilogue(chunk)
+            continue
         parser.write(chunk)
+        window = tail + chunk
+        if collector.complete:
+            _refuse_epilogue(window[window.rfind(closing) + len(closing) :])
+        tail = window[-len(closing) :]
         if collector.pending:
             data = bytes(collector.pending)
             collector.pending.clear()

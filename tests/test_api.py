@@ -637,3 +637,23 @@ def test_upload_refused_with_507_when_the_disk_would_fill(serving, clip):
         r = upload(c, clip.read_bytes())
         assert r.status_code == 507 and "disk space" in r.json()["detail"]
     assert set(serving.jobs_dir.iterdir()) == before  # refused before any job folder was made
+
+
+@pytest.mark.parametrize("epilogue", [b"\r\n", b"\r\nJUNK-AFTER-THE-END" * 1000])
+def test_nothing_but_line_breaks_may_follow_the_closing_boundary(client, clip, epilogue):
+    boundary = "cmboundary42"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="style"\r\n\r\n{STYLE}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        + clip.read_bytes()
+        + f"\r\n--{boundary}--".encode()
+        + epilogue
+    )
+    r = client.post("/v1/jobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    if epilogue.strip():
+        assert r.status_code == 400 and "after the end of the multipart body" in r.json()["detail"]
+    else:
+        assert r.status_code == 202, r.text
