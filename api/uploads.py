@@ -141,8 +141,24 @@ def ensure_disk_space(request: Request, folder: Path, max_file_bytes: int, min_f
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server is out of disk space; try again later")
 
 
-async def receive_form(request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int) -> ReceivedForm:
-    """Stream a multipart/form-data body: its `file_field` file into `sink`, its text fields returned."""
+async def receive_form(
+    request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int, deadline_seconds: float
+) -> ReceivedForm:
+    """Stream a multipart/form-data body: its `file_field` file into `sink`, its text fields returned.
+
+    A client that takes longer than `deadline_seconds` for the whole body gets 408: a slow upload would
+    otherwise hold a connection and a partial file for as long as it likes.
+    """
+    try:
+        with anyio.fail_after(deadline_seconds):
+            return await _receive(request, file_field, sink, max_file_bytes)
+    except TimeoutError:
+        raise HTTPException(
+            status.HTTP_408_REQUEST_TIMEOUT, f"the upload took longer than {deadline_seconds:g} s"
+        ) from None
+
+
+async def _receive(request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int) -> ReceivedForm:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # Distinct from api_token, which only uploads and reads; the promotion's actor is the token's name.
     admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_upload_bytes: int = 512 * 1024 * 1024
+    # The whole upload body must arrive within this (512 MiB at ~1 MB/s takes ~9 min); past it, 408.
+    upload_deadline_seconds: float = 900.0
     # An upload is refused (507) unless the jobs disk keeps this much free after it (the upload's declared
     # size, or max_upload_bytes when undeclared): results and other jobs need room too.
     min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024

@@ -657,3 +657,33 @@ def test_nothing_but_line_breaks_may_follow_the_closing_boundary(client, clip, e
         assert r.status_code == 400 and "after the end of the multipart body" in r.json()["detail"]
     else:
         assert r.status_code == 202, r.text
+
+
+def test_an_upload_slower_than_the_deadline_gets_408(tmp_path):
+    """A client that dribbles its body holds a connection and a partial file: the deadline ends it."""
+    import anyio
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from api.uploads import receive_form
+
+    boundary = b"slowb"
+    chunks = [b'--slowb\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n', b"x" * 10]
+
+    async def receive() -> dict:
+        await anyio.sleep(0.3)  # every chunk comes slowly, and the closing boundary never does
+        return {"type": "http.request", "body": chunks.pop(0) if chunks else b"x", "more_body": True}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary)],
+    }
+
+    async def main() -> None:
+        with (tmp_path / "upload").open("wb") as sink:
+            await receive_form(Request(scope, receive), "file", sink, 1 << 20, deadline_seconds=1.0)
+
+    with pytest.raises(HTTPException) as caught:
+        anyio.run(main)
+    assert caught.value.status_code == 408 and "longer than 1 s" in caught.value.detail

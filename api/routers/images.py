@@ -78,7 +78,9 @@ async def stylize_image(request: Request, services: ServicesDep) -> Response:
     upload_dir = settings.var_dir / "uploads"
     upload_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=upload_dir, suffix=".upload") as sink:
-        received = await receive_form(request, FILE_FIELD, sink, settings.max_image_upload_bytes)
+        received = await receive_form(
+            request, FILE_FIELD, sink, settings.max_image_upload_bytes, settings.upload_deadline_seconds
+        )
         sink.flush()
         if received.size <= 0:
             raise HTTPException(

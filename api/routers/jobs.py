@@ -100,7 +100,9 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
     files.dir.mkdir(parents=True)
     try:
         with files.upload.open("wb") as sink:
-            received = await receive_form(request, FILE_FIELD, sink, settings.max_upload_bytes)
+            received = await receive_form(
+                request, FILE_FIELD, sink, settings.max_upload_bytes, settings.upload_deadline_seconds
+            )
         if not received.has_file:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no video: send it as the {FILE_FIELD!r} part")
         if received.size == 0:
