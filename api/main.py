@@ -61,8 +61,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def exposure_error(host: str, settings: Settings) -> str | None:
+    """Why the API must not listen on `host` with these settings (None when it may)."""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    if settings.api_token is None or not settings.api_token.get_secret_value():
+        return (
+            f"refusing to serve on {host} without an API token: anyone who reaches it could upload and read "
+            "jobs. Set CLIPMORPH_API_TOKEN, or listen on 127.0.0.1."
+        )
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if problem := exposure_error(settings.api_host, settings):
+        raise RuntimeError(problem)
     # FastAPIOffline serves Swagger UI and ReDoc from files bundled in the package, not from a CDN,
     # so /docs and /redoc work on machines without internet access.
     app = FastAPIOffline(

@@ -687,3 +687,22 @@ def test_an_upload_slower_than_the_deadline_gets_408(tmp_path):
     with pytest.raises(HTTPException) as caught:
         anyio.run(main)
     assert caught.value.status_code == 408 and "longer than 1 s" in caught.value.detail
+
+
+def test_the_api_refuses_a_public_address_without_a_token(serving):
+    from api.main import exposure_error
+
+    with pytest.raises(RuntimeError, match="without an API token"):
+        make_client(serving, api_host="0.0.0.0")
+    assert exposure_error("127.0.0.1", serving) is None
+    with make_client(serving, api_host="0.0.0.0", api_token="s3cret") as c:  # a token makes it fine
+        assert c.get("/healthz").status_code == 200
+
+
+def test_serve_refuses_a_public_address_without_a_token(settings):
+    from typer.testing import CliRunner
+
+    from clipmorph.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code != 0 and "without an API token" in result.output

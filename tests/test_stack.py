@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -33,8 +34,21 @@ def test_compose_file_validates():
     command = _compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    done = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False)
+    env = {**os.environ, "CLIPMORPH_API_TOKEN": "t0ken"}
+    done = subprocess.run(
+        [*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False, env=env
+    )
     assert done.returncode == 0, done.stderr
+    # Secure by default: without a token the file does not even configure.
+    env.pop("CLIPMORPH_API_TOKEN")
+    refused = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "CLIPMORPH_API_TOKEN" in refused.stderr
+
+
+def test_compose_publishes_the_api_on_loopback_and_not_mlflow():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert "ports" not in services["mlflow"]
+    assert services["api"]["ports"] == ["${CLIPMORPH_PUBLISH:-127.0.0.1}:8000:8000"]
 
 
 def test_compose_services_share_jobs_and_workers_reserve_a_gpu():

@@ -22,8 +22,13 @@ def serve(
     """Run the REST API (and the web page) in the foreground."""
     import uvicorn
 
+    from api.main import exposure_error
+
     settings = get_settings()
-    uvicorn.run("api.main:create_app", factory=True, host=host or settings.api_host, port=port or settings.api_port)
+    host = host or settings.api_host
+    if problem := exposure_error(host, settings):
+        raise fail(problem)
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port or settings.api_port)
 
 
 @app.command()
