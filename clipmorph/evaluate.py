@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import PIL.Image
 import torch
@@ -194,10 +193,7 @@ def stylize_frames(model: Stylizer, frames: list[np.ndarray], batch: int, device
     out: list[np.ndarray] = []
     for x in _batches([resize(f, size) for f in frames], batch):
         y = _forward(model, x, device)
-        out.extend(
-            cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) if size != (w, h) else o
-            for o in y.permute(0, 2, 3, 1).cpu().numpy()
-        )
+        out.extend(resize(o, (w, h)).clip(0, 1) for o in y.permute(0, 2, 3, 1).cpu().numpy())
     model.reset_temporal_state()
     return out
 

@@ -65,14 +65,18 @@ def temporal_noise_loss(
     return F.mse_loss(model(add_noise(x, amplitude, density)), output)
 
 
+def rescaled(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """img at `scale` of its size (antialiased bilinear): the image scales of the multi-scale style terms."""
+    return img if scale == 1 else F.interpolate(img, scale_factor=scale, mode="bilinear", antialias=True)
+
+
 def multiscale_grams(
     vgg: VGGFeatures, img: torch.Tensor, layers: Sequence[str], scales: Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """Gram matrices at several image scales, keyed 'relu2_1@0.5' etc."""
     grams: dict[str, torch.Tensor] = {}
     for scale in scales:
-        scaled = img if scale == 1 else F.interpolate(img, scale_factor=scale, mode="bilinear", antialias=True)
-        feats = vgg(scaled, layers)
+        feats = vgg(rescaled(img, scale), layers)
         for layer in layers:
             grams[f"{layer}@{scale:g}"] = gram(feats[layer])
     return grams

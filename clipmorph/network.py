@@ -24,8 +24,9 @@ class NetConfig:
     strides: tuple[int, int, int] = (1, 2, 2)
     res_blocks: int = 5
     skips: bool = True
-    # "instance" (Ulyanov et al.) or "none". Instance norm couples every pixel to whole-image statistics,
-    # which is what lets a network grow "droplet" blobs (StyleGAN2, sec. 2); "none" is purely local.
+    # "instance" (Ulyanov et al.), "pixel" (per-pixel layer norm), "input" (instance norm after the first
+    # conv only) or "none". Instance norm couples every pixel to whole-image statistics, which is what lets
+    # a network grow "droplet" blobs (StyleGAN2, sec. 2); "pixel" and "none" are purely local.
     norm: str = "instance"
     # Space-to-depth in (every input pixel reaches the half-resolution encoder, unlike a strided conv) and a
     # guided output: the decoder's half-resolution features, bilinearly enlarged, and the input's own RGB
@@ -64,22 +65,15 @@ PRESETS: dict[str, NetConfig] = {
     "fast": NetConfig(channels=(16, 32, 64), kernels=(3, 3, 3), strides=(2, 2, 2)),
     # pytorch/examples fast_neural_style TransformerNet: the baseline every benchmark compares with.
     "johnson": NetConfig(channels=(32, 64, 128), kernels=(9, 3, 3), strides=(1, 2, 2), skips=False),
-    # Real-time painter: space-to-depth in, sub-pixel out, body at 1/8 scale, no normalisation.
-    "rt": NetConfig(
-        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="none", shuffle=True
-    ),
-    # Per-pixel layer norm: normalised like instance norm, but with no whole-picture statistics.
-    "rt_ln": NetConfig(
-        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="pixel", shuffle=True
-    ),
-    # Instance norm on the first layer only.
-    "rt_in1": NetConfig(
-        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="input", shuffle=True
-    ),
-    # The same with instance norm (for the ablation in docs/training.md).
-    "rt_in": NetConfig(
-        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="instance", shuffle=True
-    ),
+    # Real-time painters: space-to-depth in, guided full-resolution out, body at 1/8 scale; they differ only
+    # in normalisation (what each did is in docs/training.md): rt (none), rt_ln (per-pixel layer norm),
+    # rt_in1 (instance norm on the first layer only), rt_in (instance norm everywhere).
+    **{
+        f"rt{suffix}": NetConfig(
+            channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm=norm, shuffle=True
+        )
+        for suffix, norm in (("", "none"), ("_ln", "pixel"), ("_in1", "input"), ("_in", "instance"))
+    },
 }
 
 

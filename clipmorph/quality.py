@@ -22,11 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipmorph.data import load_style_tensor
 from clipmorph.flow import masked_warp_mse, visible_mask
-from clipmorph.losses import gram
+from clipmorph.losses import gram, multiscale_grams, rescaled
 from clipmorph.settings import get_settings
 from clipmorph.vgg import VGGFeatures, load_vgg
 
@@ -59,21 +58,7 @@ def _device(vgg: VGGFeatures) -> torch.device:
     return next(vgg.parameters()).device
 
 
-def _rescaled(x: torch.Tensor, scale: float) -> torch.Tensor:
-    # Antialiased bilinear, as losses.multiscale_grams does, so the numbers match the training losses.
-    return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
-
-
 Features = dict[str, torch.Tensor]
-
-
-def _grams(vgg: VGGFeatures, x: torch.Tensor, layers: Sequence[str], scales: Sequence[float]) -> dict:
-    """{(layer, scale): Gram matrix} of a (1, 3, H, W) batch."""
-    out = {}
-    for scale in scales:
-        feats = vgg(_rescaled(x, scale), list(layers))
-        out |= {(layer, scale): gram(feats[layer]) for layer in layers}
-    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,7 +67,9 @@ def painting_grams(
 ) -> dict:
     """Gram matrices of the painting with its longer side = `side`; cached, as every frame reuses them."""
     with torch.inference_mode():
-        return _grams(vgg, load_style_tensor(Path(painting), side).to(_device(vgg)), layers, scales)
+        painting_img = load_style_tensor(Path(painting), side).to(_device(vgg))
+        # The training losses' own multi-scale Grams (keys "relu2_1@0.5"), so the numbers are comparable.
+        return multiscale_grams(vgg, painting_img, layers, scales)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -103,8 +90,8 @@ def _style_scores(
     target = painting_grams(vgg, str(painting), max(x.shape[-2:]), layers, scales)
     result = {}
     for scale in scales:
-        feats = full if scale == 1 and full is not None else vgg(_rescaled(x, scale), list(layers))
-        per_layer = [_relative(gram(feats[layer]), target[(layer, scale)]) for layer in layers]
+        feats = full if scale == 1 and full is not None else vgg(rescaled(x, scale), list(layers))
+        per_layer = [_relative(gram(feats[layer]), target[f"{layer}@{scale:g}"]) for layer in layers]
         result[f"style@{scale:g}"] = float(np.mean(per_layer))
     result["style"] = float(np.mean([result[f"style@{s:g}"] for s in scales]))
     return result

@@ -287,11 +287,7 @@ def loss_terms(
     feats = vgg(y, sorted({cfg.content_layer, *cfg.style_layers}))
     out_grams = {}
     for scale in cfg.style_scales:
-        if scale != 1:
-            small = torch.nn.functional.interpolate(y, scale_factor=scale, mode="bilinear", antialias=True)
-            feats_at_scale = vgg(small, cfg.style_layers)
-        else:
-            feats_at_scale = feats
+        feats_at_scale = vgg(losses.rescaled(y, scale), cfg.style_layers) if scale != 1 else feats
         out_grams |= {f"{layer}@{scale:g}": losses.gram(feats_at_scale[layer].float()) for layer in cfg.style_layers}
     terms = {
         "content": cfg.content_weight * losses.content_loss(feats[cfg.content_layer].float(), content_target.float()),
