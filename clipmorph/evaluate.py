@@ -36,7 +36,15 @@ from torchvision.transforms import v2
 from clipmorph import losses, quality
 from clipmorph.artifact import ModelInfo, load_model, sha256_file
 from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.inference import StylizeOptions, network_size, norm_smoothing, resize, resolve_device, stylize_array
+from clipmorph.inference import (
+    StylizeOptions,
+    network_size,
+    norm_smoothing,
+    prepare,
+    resize,
+    resolve_device,
+    stylize_array,
+)
 from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
 from clipmorph.network import Stylizer
 from clipmorph.settings import get_settings
@@ -168,11 +176,6 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _prepare(model: Stylizer, device: torch.device) -> Stylizer:
-    model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
 def _forward(model: Stylizer, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device)
     if device.type == "cuda":
@@ -293,10 +296,10 @@ def frames_per_second(model: Stylizer, device: torch.device, opts: EvalOptions) 
 
 
 def speed_metrics(model: Stylizer, opts: EvalOptions) -> dict[str, float]:
-    metrics = {CPU_FPS: frames_per_second(_prepare(model, torch.device("cpu")), torch.device("cpu"), opts)}
+    metrics = {CPU_FPS: frames_per_second(prepare(model, torch.device("cpu")), torch.device("cpu"), opts)}
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
-        metrics[CUDA_FPS] = frames_per_second(_prepare(model, cuda), cuda, opts)
+        metrics[CUDA_FPS] = frames_per_second(prepare(model, cuda), cuda, opts)
     return metrics
 
 
@@ -328,14 +331,14 @@ def evaluate(
     target = style_target(vgg, style or style_spec(info), setup, dev, info.style.get("images"))
     frames = read_frames(video or settings.videos_dir / settings.eval_video, opts.frames, opts.frame_side)
 
-    model = _prepare(model, dev)
+    model = prepare(model, dev)
     metrics = quality_metrics(model, vgg, painting_paths(style or style_spec(info)), opts.photos, opts.photo_side)
     metrics |= photo_losses(model, validation_photos(opts.photos, opts.photo_size), vgg, target, setup, dev)
     runs = {"": (smoothing, use_flow)} | ({BASELINE_PREFIX: (0.0, False)} if baseline else {})
     outputs: dict[str, list[np.ndarray]] = {}
     for prefix, (alpha, flow_blend) in runs.items():
         model.set_norm_smoothing(alpha)
-        outputs[prefix] = stylize_frames(_prepare(model, dev), frames, opts.batch, dev)
+        outputs[prefix] = stylize_frames(prepare(model, dev), frames, opts.batch, dev)
         if flow_blend:
             outputs[prefix] = flow_stabilized(frames, outputs[prefix])
         metrics |= {prefix + k: v for k, v in speed_metrics(model, opts).items()}

@@ -20,7 +20,7 @@ from PIL import ImageOps
 
 from clipmorph import registry
 from clipmorph.artifact import ModelInfo, load_model
-from clipmorph.network import Stylizer
+from clipmorph.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
 from clipmorph.tiling import stylize_tiled
 
@@ -85,9 +85,10 @@ def model_device(model: Stylizer) -> torch.device:
 
 
 def prepare(model: Stylizer, device: str | torch.device = "auto") -> Stylizer:
-    """Move to the device in eval mode; channels_last on CUDA (faster convolutions with autocast)."""
+    """Move to the device in eval mode, batch norms folded into their convs (so the model is for inference
+    only from here on); channels_last on CUDA (faster convolutions with autocast)."""
     dev = resolve_device(device)
-    model = model.to(dev).eval()
+    model = fold_batch_norm(model.to(dev).eval())
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model

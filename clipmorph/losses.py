@@ -40,6 +40,27 @@ def tv_loss(img: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
+def _luma(img: torch.Tensor) -> torch.Tensor:
+    return 0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True)
+    return (x - mean) * torch.rsqrt(var + 1e-4)
+
+
+def structure_loss(output: torch.Tensor, content: torch.Tensor, cell: int = 16) -> torch.Tensor:
+    """MSE between the coarse light-and-dark layout of the output and of the input.
+
+    Both lumas are averaged over `cell`-pixel cells and standardised per image, so the painting may
+    change the palette, the overall brightness and contrast, and add texture finer than a cell, but
+    not move light and dark around at a coarser scale: the blobs and halos that a Gram loss otherwise
+    buys in flat areas are exactly such moves. (Per colour channel it would also forbid hue changes.)
+    """
+    pooled = [F.avg_pool2d(_luma(img), cell, ceil_mode=True) for img in (output, content)]
+    return F.mse_loss(*(_standardised(p) for p in pooled))
+
+
 def add_noise(
     x: torch.Tensor, amplitude: float, density: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:

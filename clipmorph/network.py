@@ -10,6 +10,7 @@ input is reflection-padded to the network's stride and the output cropped back.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,7 +25,8 @@ class NetConfig:
     strides: tuple[int, int, int] = (1, 2, 2)
     res_blocks: int = 5
     skips: bool = True
-    # "instance" (Ulyanov et al.), "pixel" (per-pixel layer norm), "input" (instance norm after the first
+    # "instance" (Ulyanov et al.), "batch" (batch norm: batch statistics in training, fixed running
+    # statistics at inference), "pixel" (per-pixel layer norm), "input" (instance norm after the first
     # conv only) or "none". Instance norm couples every pixel to whole-image statistics, which is what lets
     # a network grow "droplet" blobs (StyleGAN2, sec. 2); "pixel" and "none" are purely local.
     norm: str = "instance"
@@ -33,6 +35,10 @@ class NetConfig:
     # go through one 3x3 conv at full resolution. Edges stay sharp, and nothing in the last layer can
     # invent per-pixel noise (a sub-pixel output did exactly that: docs/training.md).
     shuffle: bool = False
+    # Hidden channels of a full-resolution head after the guided output (0: the single conv alone). Without
+    # it, nothing non-linear runs at full resolution, so the output cannot hold the fine-scale contrast of
+    # brush strokes: its Gram energy at relu1_1 stayed at half the painting's (docs/training.md).
+    head: int = 0
 
     @property
     def stride(self) -> int:
@@ -54,6 +60,7 @@ class NetConfig:
             skips=bool(d["skips"]),
             norm=str(d.get("norm", "instance")),
             shuffle=bool(d.get("shuffle", False)),
+            head=int(d.get("head", 0)),
         )
 
 
@@ -74,6 +81,11 @@ PRESETS: dict[str, NetConfig] = {
         )
         for suffix, norm in (("", "none"), ("_ln", "pixel"), ("_in1", "input"), ("_in", "instance"))
     },
+    # rt with batch norm (fixed statistics at inference, so nothing for a droplet to steer and foldable into
+    # the convolutions) and a full-resolution head that can paint fine strokes.
+    "rt_bn": NetConfig(
+        channels=(16, 48, 64), kernels=(3, 3, 3), strides=(1, 2, 2), res_blocks=4, norm="batch", shuffle=True, head=8
+    ),
 }
 
 
@@ -151,9 +163,11 @@ def make_norm(kind: str, channels: int) -> nn.Module:
         return TemporalInstanceNorm(channels)
     if kind == "pixel":
         return PixelLayerNorm(channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose 'instance', 'pixel', 'input' or 'none'")
+    raise ValueError(f"unknown norm {kind!r}; choose 'instance', 'batch', 'pixel', 'input' or 'none'")
 
 
 class ConvNormReLU(nn.Sequential):
@@ -198,7 +212,15 @@ class Stylizer(nn.Module):
         self.res = nn.Sequential(*[ResidualBlock(c[2], n) for _ in range(config.res_blocks)])
         self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2], norm=n)
         self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1], norm=n)
-        if config.shuffle:
+        if config.shuffle and config.head:
+            self.up3 = nn.Sequential(
+                nn.ReflectionPad2d(k[0] // 2),
+                nn.Conv2d(c[0] + 3, config.head, k[0]),
+                nn.ReLU(inplace=True),
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(config.head, 3, 3),
+            )
+        elif config.shuffle:
             self.up3 = nn.Sequential(nn.ReflectionPad2d(k[0] // 2), nn.Conv2d(c[0] + 3, 3, k[0]))
         else:
             self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
@@ -257,6 +279,27 @@ class Stylizer(nn.Module):
             m.reset()
 
 
+@torch.no_grad()
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the convolution before it (in place; inference only).
+
+    At inference batch norm is a fixed per-channel affine map, so scaling the conv's weights and bias
+    gives the same output for one conv instead of a conv and a pass over the whole feature map.
+    """
+    for module in model.modules():
+        children = list(module.named_children())
+        for (_, first), (name, second) in itertools.pairwise(children):
+            if not isinstance(second, nn.BatchNorm2d):
+                continue
+            conv = [m for m in first.modules() if isinstance(m, nn.Conv2d)][-1]  # a Conv2d or a ConvLayer
+            scale = second.weight / torch.sqrt(second.running_var + second.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(second.running_mean)
+            conv.bias = nn.Parameter((bias - second.running_mean) * scale + second.bias)
+            setattr(module, name, nn.Identity())
+    return model
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad bottom/right so H and W are multiples of `multiple` (reflect; replicate if too small)."""
     h, w = x.shape[-2:]
@@ -283,4 +326,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "NetConfig", "Stylizer", "build", "count_parameters", "pad_to_multiple"]
+__all__ = ["PRESETS", "NetConfig", "Stylizer", "build", "count_parameters", "fold_batch_norm", "pad_to_multiple"]

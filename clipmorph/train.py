@@ -33,22 +33,25 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     style: str = "kandinsky"  # a style name, an image path, or 'a:0.5,b:0.5' to blend
     name: str = ""  # registered as clipmorph-<name>; defaults to the style spec
-    preset: str = "fast"
-    iters: int = 1200
+    preset: str = "rt_bn"
+    iters: int = 2500  # about 55 min on a 2-core CPU; a warm start (init_from) needs about 500
     batch_size: int = 4
-    size: int = 192  # training crop side
-    frame_side: int = 0  # photos are scaled to about this longer side before cropping (0: random resized crops)
-    style_size: int = 384  # longer side of the style image: the frame side, so strokes keep their relative size
+    size: int = 256  # training crop side
+    frame_side: int = 640  # photos are scaled to about this longer side before cropping (0: random resized crops)
+    style_size: int = 640  # longer side of the style image: the frame side, so strokes keep their relative size
     lr: float = 2e-3
-    content_weight: float = 1.0
-    style_weight: float = 5e4
-    tv_weight: float = 1e-2
+    content_weight: float = 0.25
+    style_weight: float = 2e5
+    tv_weight: float = 10.0
     temporal_weight: float = 50.0
+    # Coarse light/dark layout kept from the photo (losses.structure_loss): against blobs and halos.
+    structure_weight: float = 500.0
+    structure_cell: int = 16
     noise_amplitude: float = 0.1
     noise_density: float = 0.5
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
-    style_scales: tuple[float, ...] = (1.0, 0.5)
+    style_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
     seed: int = 0
     checkpoint_every: int = 100
     val_every: int = 200
@@ -294,6 +297,8 @@ def loss_terms(
         "style": cfg.style_weight * losses.style_loss(out_grams, style_grams),
         "tv": cfg.tv_weight * losses.tv_loss(y.float()),
     }
+    if cfg.structure_weight > 0:
+        terms["structure"] = cfg.structure_weight * losses.structure_loss(y.float(), x.float(), cfg.structure_cell)
     if cfg.temporal_weight > 0:
         terms["temporal"] = cfg.temporal_weight * losses.temporal_noise_loss(
             model, x, y, cfg.noise_amplitude, cfg.noise_density

@@ -47,3 +47,17 @@ def test_temporal_loss_zero_for_a_network_that_ignores_noise():
 def test_temporal_loss_positive_for_identity_network():
     x = torch.rand(2, 3, 16, 16)
     assert losses.temporal_noise_loss(lambda t: t, x, x, amplitude=0.2, density=1.0).item() > 1e-4
+
+
+def test_structure_loss_ignores_palette_and_fine_texture_but_flags_a_blob():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 128, 128) * 0.2 + torch.linspace(0, 0.6, 128).view(1, 1, 1, 128)  # a gradient + noise
+    repainted = x[:, [2, 0, 1]] * 0.6 + 0.2  # channels swapped, darker, lower contrast: same layout
+    textured = repainted + 0.1 * torch.sign(torch.randn(1, 1, 128, 128))  # stroke-sized texture, finer than a cell
+    blob = repainted.clone()
+    yy, xx = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    blob[..., ((yy - 40) ** 2 + (xx - 30) ** 2) < 20**2] = 0.05  # a dark droplet in the bright half's way
+    assert losses.structure_loss(x, x) == 0.0
+    assert losses.structure_loss(repainted, x) < 1e-3
+    assert losses.structure_loss(textured, x) < 0.02
+    assert losses.structure_loss(blob, x) > 10 * losses.structure_loss(textured, x)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from clipmorph.artifact import ModelInfo, load_model, save_model
-from clipmorph.network import PRESETS, Stylizer, build, count_parameters
+from clipmorph.network import PRESETS, Stylizer, build, count_parameters, fold_batch_norm
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -109,10 +109,31 @@ def _far_change_effect(preset: str) -> float:
         return (m(x)[..., :128] - m(y)[..., :128]).abs().max().item()
 
 
-def test_pixel_layer_norm_is_local_and_instance_norm_is_not():
-    """Instance norm ties every pixel to whole-picture statistics (what lets droplets steer it); pixel norm doesn't."""
+def test_pixel_and_batch_norm_are_local_at_inference_and_instance_norm_is_not():
+    """Instance norm ties every pixel to whole-picture statistics (what lets droplets steer it); pixel norm and
+    batch norm in eval mode (fixed running statistics) don't."""
     assert _far_change_effect("rt_ln") == 0.0
+    assert _far_change_effect("rt_bn") == 0.0
     assert _far_change_effect("rt_in") > 1e-4
+
+
+def test_folding_batch_norm_keeps_the_output_and_removes_every_norm():
+    torch.manual_seed(0)
+    m = build("rt_bn").train()
+    for _ in range(3):  # non-trivial running statistics
+        m(torch.rand(2, 3, 64, 96) * 0.5 + 0.2)
+    m.eval()
+    with torch.no_grad():
+        for bn in (b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.5, 0.5)
+        x = torch.rand(1, 3, 72, 100)
+        before = m(x)
+        fold_batch_norm(m)
+        after = m(x)
+    assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())
+    assert before.abs().mean() > 0.05
+    assert torch.allclose(before, after, atol=1e-4)
 
 
 def test_space_to_depth_output_has_no_checkerboard_at_init():
