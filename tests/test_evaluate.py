@@ -94,7 +94,7 @@ def test_losses_use_the_training_layers_recorded_in_the_model():
     setup = ev.LossSetup.from_info(ModelInfo(net=PRESETS["fast"], train=train))
     assert setup == ev.LossSetup("relu3_1", ("relu1_1",), (1.0,), 128)
     defaults = ev.LossSetup.from_info(ModelInfo(net=PRESETS["fast"]))
-    assert defaults.content_layer == "relu2_2" and defaults.style_scales == (1.0, 0.5)
+    assert defaults.content_layer == "relu2_2" and defaults.style_scales == (1.0, 0.5, 0.25)
 
 
 def test_model_without_a_style_needs_one_given(settings, tmp_path):
