@@ -34,7 +34,9 @@ class TrainConfig:
     style: str = "kandinsky"  # a style name, an image path, or 'a:0.5,b:0.5' to blend
     name: str = ""  # registered as clipmorph-<name>; defaults to the style spec
     preset: str = "rt_bn"
-    iters: int = 2500  # about 55 min on a 2-core CPU; a warm start (init_from) needs about 500
+    # The shipped starrynight recipe: about 23 min on a 2-core CPU. Longer runs of this recipe grew a texture tied to
+    # the network's pixel lattice (docs/training.md), so more steps are not better yet.
+    iters: int = 1000
     batch_size: int = 4
     size: int = 256  # training crop side
     frame_side: int = 640  # photos are scaled to about this longer side before cropping (0: random resized crops)
