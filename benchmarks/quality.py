@@ -143,7 +143,10 @@ def load_subjects(paths: Sequence[Path]) -> list[Subject]:
     subjects = []
     for path in paths:
         model, info = load_model(path)
-        subjects.append(Subject(path.name, path, model, info, painting_of(info)))
+        # Rows, sheets and --record are keyed by this name: two folders of the same name get their parents'.
+        same = sum(p.name == path.name for p in paths) > 1
+        name = f"{path.parent.name}-{path.name}" if same else path.name
+        subjects.append(Subject(name, path, model, info, painting_of(info)))
     return subjects
 
 

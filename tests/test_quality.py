@@ -144,3 +144,38 @@ def test_grid_keeps_images_at_their_own_size():
     sheet = grid([[wide, tall], [tall, wide]], [["a", "b"], ["c", "d"]])
     assert sheet.size == (64 + 64, 2 * (40 + label_height(1)))
     assert sheet.getpixel((10, 10)) == (255, 0, 0) and sheet.getpixel((70, 10)) == (0, 0, 255)
+
+
+def _benchmark():
+    """benchmarks/quality.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+
+    from clipmorph.settings import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO_ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_names_same_named_folders_apart_and_records_figures(settings, tmp_path):
+    import json
+
+    from clipmorph.artifact import ModelInfo, save_model
+    from clipmorph.network import build
+
+    bench = _benchmark()
+    info = ModelInfo(net=build("rt_bn").config, style={"name": "kandinsky"})
+    paths = [save_model(build("rt_bn"), info, tmp_path / run / "model") for run in ("a", "b")]
+    subjects = bench.load_subjects(paths)
+    assert [s.name for s in subjects] == ["a-model", "b-model"]
+
+    row = {"ours": {"style": 0.4}, "peer": {"style": 0.3}, "warping_max": {"ours_stab": 2.0}, "pass": {}}
+    results = [row | {"model": "a-model", "size": "640x360"}, row | {"model": "b-model", "size": "640x360"}]
+    environment = {"peer": None, "clips": ["bikes.mp4"], "frames_per_clip": 24, "photos": [], "stabilize": "flow"}
+    bench.record(subjects[:1], results, environment)
+    recorded = json.loads((paths[0] / "config.json").read_text())["quality"]
+    assert recorded["640x360"]["ours"] == {"style": 0.4} and recorded["measured_with"]["clips"] == ["bikes.mp4"]
+    assert "quality" not in json.loads((paths[1] / "config.json").read_text())
