@@ -338,7 +338,7 @@ def evaluate(
     outputs: dict[str, list[np.ndarray]] = {}
     for prefix, (alpha, flow_blend) in runs.items():
         model.set_norm_smoothing(alpha)
-        outputs[prefix] = stylize_frames(prepare(model, dev), frames, opts.batch, dev)
+        outputs[prefix] = stylize_frames(model, frames, opts.batch, dev)  # prepared above
         if flow_blend:
             outputs[prefix] = flow_stabilized(frames, outputs[prefix])
         metrics |= {prefix + k: v for k, v in speed_metrics(model, opts).items()}

@@ -212,16 +212,11 @@ class Stylizer(nn.Module):
         self.res = nn.Sequential(*[ResidualBlock(c[2], n) for _ in range(config.res_blocks)])
         self.up1 = ConvNormReLU(c[2], c[1], k[2], upsample=s[2], norm=n)
         self.up2 = ConvNormReLU(c[1], c[0], k[1], upsample=s[1], norm=n)
-        if config.shuffle and config.head:
-            self.up3 = nn.Sequential(
-                nn.ReflectionPad2d(k[0] // 2),
-                nn.Conv2d(c[0] + 3, config.head, k[0]),
-                nn.ReLU(inplace=True),
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(config.head, 3, 3),
-            )
-        elif config.shuffle:
-            self.up3 = nn.Sequential(nn.ReflectionPad2d(k[0] // 2), nn.Conv2d(c[0] + 3, 3, k[0]))
+        if config.shuffle:
+            out = [nn.ReflectionPad2d(k[0] // 2), nn.Conv2d(c[0] + 3, config.head or 3, k[0])]
+            if config.head:
+                out += [nn.ReLU(inplace=True), nn.ReflectionPad2d(1), nn.Conv2d(config.head, 3, 3)]
+            self.up3 = nn.Sequential(*out)
         else:
             self.up3 = ConvLayer(c[0], 3, k[0], upsample=s[0])
         if config.norm in ("none", "input"):
