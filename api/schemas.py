@@ -107,13 +107,27 @@ class Job(BaseModel):
     result_url: str | None = Field(None, description="Set once the job has finished.")
 
 
+class StyleTrait(BaseModel):
+    aspect: str = Field(description="strength, steadiness or speed.")
+    words: str = Field(description="The champion's measured behaviour in plain words.")
+
+
+class Figure(BaseModel):
+    name: str = Field(description="A metric name, e.g. warping_ratio.")
+    value: float
+    meaning: str = Field(description="What the number measures and which way is better.")
+
+
 class ModelSummary(BaseModel):
     name: str = Field(description="The style name used in requests.")
     registered_name: str
     description: str | None = None
     champion_version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="Metrics logged on the champion's run.")
-    preview_url: str | None = None
+    traits: list[StyleTrait] = Field(default_factory=list, description="How strong, steady and fast, in words.")
+    figures: list[Figure] = Field(default_factory=list, description="The measurements the traits are based on.")
+    preview_url: str | None = Field(None, description="A photo stylized by the champion (changes with the champion).")
+    painting_url: str | None = Field(None, description="A thumbnail of the painting the style was learned from.")
 
 
 class ModelList(BaseModel):

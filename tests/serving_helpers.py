@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import mlflow
 import numpy as np
 
 from clipmorph import registry
-from clipmorph.artifact import ModelInfo, save_model
+from clipmorph.artifact import CONFIG, ModelInfo, save_model
 from clipmorph.network import PRESETS, build
 from clipmorph.settings import Settings
 
@@ -44,11 +45,25 @@ def make_clip(
     return path
 
 
-def register_tiny_model(settings: Settings, style: str = "tiny", champion: bool = True) -> str:
-    """An untrained `fast` stylizer registered as clipmorph-<style>; -> its version."""
+def register_tiny_model(
+    settings: Settings,
+    style: str = "tiny",
+    champion: bool = True,
+    painting: str | None = None,
+    quality: dict | None = None,
+) -> str:
+    """An untrained `fast` stylizer registered as clipmorph-<style>; -> its version.
+
+    `painting`: a style image name its config records (as training does); `quality`: a quality block
+    for its config.json (as `make quality --record` writes).
+    """
     client = registry.configure(settings)
     folder = settings.var_dir / f"model-{style}"
-    save_model(build("fast"), ModelInfo(net=PRESETS["fast"], style={"name": style}), folder)
+    images = [{"name": painting, "weight": 1.0}] if painting else []
+    save_model(build("fast"), ModelInfo(net=PRESETS["fast"], style={"name": style, "images": images}), folder)
+    if quality is not None:
+        config = json.loads((folder / CONFIG).read_text())
+        (folder / CONFIG).write_text(json.dumps(config | {"quality": quality}))
     with mlflow.start_run() as run:
         version = registry.register_model_dir(client, folder, style, run.info.run_id)
     if champion:

@@ -241,13 +241,51 @@ def test_models_list_and_cached_preview(client, serving):
     models = client.get("/v1/models").json()["models"]
     tiny = next(m for m in models if m["name"] == STYLE)
     assert tiny["registered_name"] == "clipmorph-tiny" and tiny["champion_version"] == "1"
-    assert tiny["preview_url"] == f"/v1/models/{STYLE}/preview"
+    assert tiny["preview_url"] == f"/v1/models/{STYLE}/preview?v=1"
     first = client.get(tiny["preview_url"])
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(first.content)).size[0] <= 512
     assert (serving.var_dir / "previews" / "clipmorph-tiny" / "1.jpg").exists()
     assert client.get(tiny["preview_url"]).content == first.content
     assert client.get("/v1/models/nosuchstyle/preview").status_code == 404
+
+
+def test_models_list_describes_each_style_in_words_and_serves_its_painting(client, serving):
+    quality = {"640x360": {"ours": {"content": 1.2, "style": 0.45, "artefact": 3.0}, "warping_max": {"ours_stab": 2.4}}}
+    register_tiny_model(serving, "painted", painting="starrynight", quality=quality)
+    painted = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == "painted")
+    words = {t["aspect"]: t["words"] for t in painted["traits"]}
+    assert words["strength"].startswith("A clear repaint") and "small blobs" in words["strength"]
+    assert words["steadiness"] == "Steady, with a slight shimmer on moving things."
+    assert words["speed"] == "Its speed on a CPU has not been measured yet."
+    figures = {f["name"]: f["value"] for f in painted["figures"]}
+    assert figures == {"content_distance": 1.2, "style_distance": 0.45, "artefact_score": 3.0, "warping_ratio": 2.4}
+
+    assert painted["painting_url"] == "/v1/models/painted/painting?v=1"
+    thumb = client.get(painted["painting_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    painting = Image.open(serving.styles_dir / "starrynight.jpg")
+    small = Image.open(io.BytesIO(thumb.content))
+    assert max(small.size) == 320 and small.size[0] / small.size[1] == pytest.approx(
+        painting.width / painting.height, 0.02
+    )
+    # The tiny model's config names no painting: no URL, and the route says so.
+    tiny = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == STYLE)
+    assert tiny["painting_url"] is None
+    assert client.get(f"/v1/models/{STYLE}/painting").status_code == 404
+    assert client.get("/v1/models/..%2Fetc/painting").status_code in (404, 422)
+
+
+def test_preview_is_rendered_again_for_a_new_champion(client, serving):
+    register_tiny_model(serving, "repainted")
+    first = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == "repainted")
+    before = client.get(first["preview_url"]).content
+    register_tiny_model(serving, "repainted")  # version 2 (other random weights) becomes champion
+    second = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == "repainted")
+    assert second["preview_url"] != first["preview_url"]
+    after = client.get(second["preview_url"])
+    assert after.status_code == 200 and after.content != before
+    assert (serving.var_dir / "previews" / "clipmorph-repainted" / "2.jpg").exists()
 
 
 def test_image_is_stylized_synchronously(client, serving):

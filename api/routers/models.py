@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -13,34 +15,66 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api import schemas
 from api.deps import AdminDep, Services, ServicesDep
+from api.style_words import describe
+from clipmorph.artifact import CONFIG
+from clipmorph.data import IMAGE_SUFFIXES
 from clipmorph.inference import ImageError, StylizeOptions, open_image, stylize_pil
 from clipmorph.promotion import PromotionError, PromotionResult, promote, version_metrics
-from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, style_of
+from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, resolve, style_of
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
 StyleName = Annotated[str, PathParam(pattern=schemas.STYLE_PATTERN, description="A style, e.g. kandinsky.")]
 PREVIEW_SIDE = 512
+PAINTING_SIDE = 320
+# A painting is looked up by the name its model's config records, only inside the styles folder.
+_PAINTING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def champion_config(services: Services, registered: str, version: str) -> dict:
+    """The version's config.json (downloaded into the model cache once); {} when unreadable."""
+    try:
+        folder = resolve(f"{registered}/{version}", services.registry()).path
+        return json.loads((folder / CONFIG).read_text())
+    except Exception:  # a broken artifact must not take the style list down; the words say "not measured"
+        log.exception("cannot read the config of %s version %s", registered, version)
+        return {}
+
+
+def painting_path(config: dict, styles_dir: Path) -> Path | None:
+    """The painting the heaviest-weighted style image names, if the styles folder has it."""
+    images = sorted((config.get("style") or {}).get("images") or [], key=lambda i: -float(i.get("weight", 0)))
+    for image in images[:1]:
+        stem = Path(str(image.get("name", ""))).stem  # a path recorded at training time counts by its stem only
+        if not _PAINTING_NAME.match(stem):
+            return None
+        for suffix in sorted(IMAGE_SUFFIXES):
+            if (candidate := styles_dir / f"{stem}{suffix}").is_file():
+                return candidate
+    return None
+
+
+def _summary(request: Request, services: Services, rm) -> schemas.ModelSummary:
+    style = style_of(rm.name)
+    champion = rm.aliases.get(services.settings.champion_alias) if rm.aliases else None
+    summary = schemas.ModelSummary(name=style, registered_name=rm.name, description=rm.description)
+    if not champion:
+        return summary
+    config = champion_config(services, rm.name, str(champion))
+    summary.champion_version = str(champion)
+    summary.metrics = version_metrics(services.registry(), rm.name, str(champion))
+    summary.traits, summary.figures = describe(config, summary.metrics)
+    # The version in the query makes browsers and proxies fetch a new preview when the champion changes.
+    summary.preview_url = f"{request.app.url_path_for('model_preview', name=style)}?v={champion}"
+    if painting_path(config, services.settings.styles_dir):
+        summary.painting_url = f"{request.app.url_path_for('model_painting', name=style)}?v={champion}"
+    return summary
 
 
 @router.get("", response_model=schemas.ModelList, summary="Registered styles with their champion")
 def list_models(request: Request, services: ServicesDep) -> schemas.ModelList:
-    client = services.registry()
-    alias = services.settings.champion_alias
-    models = []
-    for rm in client.search_registered_models(filter_string=f"name LIKE '{MODEL_PREFIX}%'"):
-        champion = rm.aliases.get(alias) if rm.aliases else None
-        style = style_of(rm.name)
-        models.append(
-            schemas.ModelSummary(
-                name=style,
-                registered_name=rm.name,
-                description=rm.description,
-                champion_version=str(champion) if champion else None,
-                metrics=version_metrics(client, rm.name, str(champion)) if champion else {},
-                preview_url=request.app.url_path_for("model_preview", name=style) if champion else None,
-            )
-        )
+    found = services.registry().search_registered_models(filter_string=f"name LIKE '{MODEL_PREFIX}%'")
+    models = [_summary(request, services, rm) for rm in found]
     return schemas.ModelList(models=sorted(models, key=lambda m: m.name))
 
 
@@ -77,6 +111,43 @@ def render_preview(services: Services, style: str) -> Path:
 )
 async def model_preview(name: StyleName, services: ServicesDep) -> FileResponse:
     path = await anyio.to_thread.run_sync(render_preview, services, name, limiter=services.inference_limiter)
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=300"})
+
+
+def render_painting(services: Services, style: str) -> Path:
+    """A small JPEG of the champion's painting, made once per version and kept on disk."""
+    try:
+        version = get_version(services.registry(), style)
+    except ModelNotFoundError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    target = services.settings.var_dir / "previews" / version.name / f"{version.version}.painting.jpg"
+    if target.exists():
+        return target
+    source = painting_path(champion_config(services, version.name, version.version), services.settings.styles_dir)
+    if source is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is not on this server")
+    try:
+        painting = open_image(source)
+    except ImageError as e:
+        log.error("painting unreadable: %s", e)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is unreadable") from None
+    painting.thumbnail((PAINTING_SIDE, PAINTING_SIDE))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial.jpg")
+    painting.convert("RGB").save(partial, "JPEG", quality=85)
+    partial.replace(target)
+    return target
+
+
+@router.get(
+    "/{name}/painting",
+    response_class=FileResponse,
+    name="model_painting",
+    summary="A thumbnail of the painting the style's champion learned from (JPEG)",
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such style, or no painting for it"}},
+)
+async def model_painting(name: StyleName, services: ServicesDep) -> FileResponse:
+    path = await anyio.to_thread.run_sync(render_painting, services, name)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=300"})
 
 
