@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import threading
+import time
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mlflow import MlflowClient
 from redis import Redis
@@ -74,7 +77,7 @@ def require_token(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """When a token is configured, every /v1 request must carry it (or an admin token) as a bearer token."""
-    expected = services.settings.api_token.get_secret_value() if services.settings.api_token else ""
+    expected = _expected_token(services.settings)
     if not expected:
         return
     given = credentials.credentials if credentials else ""
@@ -84,6 +87,42 @@ def require_token(
             "wrong API token" if given else "this server requires an API token (Authorization: Bearer)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def _expected_token(settings: Settings) -> str:
+    return settings.api_token.get_secret_value() if settings.api_token else ""
+
+
+def _signature(secret: str, job_id: str, expires: int) -> str:
+    # Keyed by the API token, which only the server and its clients hold; the message binds one job and a deadline.
+    return hmac.new(secret.encode(), f"result:{job_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_result_url(settings: Settings, url: str, job_id: str) -> str:
+    """`url` with an expiring signature, so that a <video> element (no Authorization header) can stream it."""
+    secret = _expected_token(settings)
+    if not secret:
+        return url
+    expires = int(time.time()) + settings.result_link_seconds
+    return f"{url}?expires={expires}&signature={_signature(secret, job_id, expires)}"
+
+
+def require_token_or_signature(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    expires: Annotated[int | None, Query(description="From the job's stream_url.")] = None,
+    signature: Annotated[str | None, Query(description="From the job's stream_url.")] = None,
+) -> None:
+    """A result is read with the bearer token, or with the signed query of the job's stream_url."""
+    secret = _expected_token(services.settings)
+    if secret and signature is not None and expires is not None:
+        job_id = str(request.path_params.get("job_id", ""))
+        if expires >= time.time() and _matches(signature, _signature(secret, job_id, expires)):
+            return
+        if credentials is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this result link has expired or is not valid")
+    require_token(services, credentials)
 
 
 def require_admin(

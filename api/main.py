@@ -1,7 +1,8 @@
 """The clipmorph REST API: `uvicorn api.main:create_app --factory` (or `clipmorph serve`).
 
-Routes live under /v1 (behind the optional bearer token); /healthz, /readyz
-and /metrics sit outside it; the web page (api/static) is served at /.
+Routes live under /v1 (behind the optional bearer token; a job's result also takes the
+signed link of its stream_url, for <video> players); /healthz, /readyz and /metrics sit
+outside it; the web page (api/static) is served at /.
 OpenAPI docs at /docs and /redoc, with their assets served from the app (no CDN).
 At start-up the built-in models are registered when the registry lacks them.
 While Redis is unreachable every route that needs it answers 503 with Retry-After.
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from api.deps import Services, require_token
+from api.deps import Services, require_token, require_token_or_signature
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import health, images, jobs, models
 from clipmorph import registry
@@ -101,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, models.router, images.router):
         v1.include_router(router)
     app.include_router(v1)
+    results = APIRouter(prefix="/v1", dependencies=[Depends(require_token_or_signature)])
+    results.include_router(jobs.result_router)
+    app.include_router(results)
     app.include_router(health.router)
 
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)

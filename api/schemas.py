@@ -104,7 +104,15 @@ class Job(BaseModel):
     ended_at: datetime | None = None
     error: str | None = None
     retries_left: int | None = None
+    queue_position: int | None = Field(
+        None, description="While queued: jobs ahead of this one in the queue (0 = next for a free worker)."
+    )
     result_url: str | None = Field(None, description="Set once the job has finished.")
+    stream_url: str | None = Field(
+        None,
+        description="Set once the job has finished: the result URL with an expiring signature in the query, for "
+        "players that cannot send an Authorization header (an HTML <video> streams it with Range requests).",
+    )
 
 
 class StyleTrait(BaseModel):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
     max_image_upload_bytes: int = 32 * 1024 * 1024
     job_ttl_seconds: int = 24 * 3600
+    # How long a job's signed stream_url stays valid: long enough to watch a result, short enough to be
+    # useless when it leaks (every status poll hands out a fresh one).
+    result_link_seconds: int = 3600
     # RQ job timeouts scale with frames x pixels: a 4K frame costs ~36 times a 640x360 one. The slowest
     # preset (johnson) needed ~4 s per megapixel-frame on the 2-core CPU (README, Speed); 10 leaves room
     # for a loaded machine.

@@ -205,6 +205,52 @@ def test_job_runs_and_result_supports_range_requests(client, serving, clip, tmp_
     assert beyond.status_code == 416
 
 
+def test_queued_jobs_report_their_position(client, serving, clip):
+    first = upload(client, clip.read_bytes()).json()
+    second = upload(client, clip.read_bytes()).json()
+    assert client.get(first["status_url"]).json()["queue_position"] == 0
+    assert client.get(second["status_url"]).json()["queue_position"] == 1
+    run_queued_jobs(serving)
+    done = client.get(second["status_url"]).json()
+    assert done["status"] == "finished" and done["queue_position"] is None
+
+
+def test_result_streams_through_its_signed_link_without_a_header(serving, clip):
+    auth = {"Authorization": "Bearer s3cret"}
+    with make_client(serving, api_token="s3cret") as c:
+        first = c.post(
+            "/v1/jobs",
+            data={"style": STYLE, "max_side": "32"},
+            files={"file": ("c.mp4", clip.read_bytes())},
+            headers=auth,
+        ).json()
+        other = c.post(
+            "/v1/jobs",
+            data={"style": STYLE, "max_side": "32"},
+            files={"file": ("c.mp4", clip.read_bytes())},
+            headers=auth,
+        ).json()
+        assert c.get(first["status_url"], headers=auth).json()["stream_url"] is None  # no result yet
+        run_queued_jobs(serving)
+        job = c.get(first["status_url"], headers=auth).json()
+        link = job["stream_url"]
+        assert link.startswith(f"{first['result_url']}?expires=") and "s3cret" not in link
+        whole = c.get(first["result_url"], headers=auth).content
+        part = c.get(link, headers={"Range": "bytes=0-99"})  # what a <video> element sends: no Authorization
+        assert part.status_code == 206 and part.content == whole[:100]
+        assert c.get(first["result_url"]).status_code == 401
+        # The signature binds the job and the deadline.
+        assert c.get(link.replace(first["id"], other["id"])).status_code == 401
+        expires = int(re.search(r"expires=(\d+)", link)[1])
+        assert c.get(link.replace(f"expires={expires}", f"expires={expires + 1}")).status_code == 401
+    with make_client(serving, api_token="s3cret", result_link_seconds=-1) as c:
+        stale = c.get(first["status_url"], headers=auth).json()["stream_url"]
+        refused = c.get(stale)
+        assert refused.status_code == 401 and "expired" in refused.json()["detail"]
+    with make_client(serving) as c:  # no token configured: the plain URL is the stream URL
+        assert c.get(first["status_url"]).json()["stream_url"] == first["result_url"]
+
+
 def test_delete_cancels_a_queued_job_and_its_files(client, serving, clip):
     created = upload(client, clip.read_bytes()).json()
     assert client.delete(f"/v1/jobs/{created['id']}").status_code == 204

@@ -23,7 +23,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 
 from api import jobstate, schemas
-from api.deps import Services, ServicesDep
+from api.deps import Services, ServicesDep, signed_result_url
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
@@ -34,6 +34,9 @@ from worker.jobs import enqueue_stylize
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+# The result has a router of its own: besides the bearer token it accepts the signed link of stream_url
+# (api.main mounts it with deps.require_token_or_signature), because <video src> sends no headers.
+result_router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 FILE_FIELD = "file"
 _UPLOAD_SCHEMA = openapi_multipart(schemas.JobForm, FILE_FIELD, "The video.")
@@ -143,13 +146,19 @@ def _job_or_404(services: Services, job_id: uuid.UUID):
 def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schemas.Job:
     job = _job_or_404(services, job_id)
     jobstate.reap_if_abandoned(services.queue, job)
-    return jobstate.describe(job, _urls(request, job.id)[1], settle.ended(services.redis, job.id))
+    result_url = _urls(request, job.id)[1]
+    described = jobstate.describe(job, result_url, settle.ended(services.redis, job.id))
+    if described.status is schemas.JobState.queued:
+        described.queue_position = services.queue.get_job_position(job.id)
+    if described.result_url:
+        described.stream_url = signed_result_url(services.settings, result_url, job.id)
+    return described
 
 
-@router.get(
+@result_router.get(
     "/{job_id}/result",
     response_class=FileResponse,
-    summary="The stylized video (supports HTTP Range)",
+    summary="The stylized video (supports HTTP Range; bearer token, or the signed query of the job's stream_url)",
     responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "Partial content"}, 409: {}, 410: {}},
 )
 def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
