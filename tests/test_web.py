@@ -8,6 +8,7 @@ upload is cheap to make. Screenshots land in test-artifacts/ (git-ignored) for a
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -42,6 +43,8 @@ CLIP_FPS = 12
 CLIP_FRAMES = 18  # 1.5 s
 CLIP_SIZE = (96, 64)
 STARTUP_SECONDS = 90
+# A quality block as `make quality --record` writes it: what the style cards put in words.
+QUALITY = {"640x360": {"ours": {"content": 2.5, "style": 0.3, "artefact": 0.0}, "warping_max": {"ours_stab": 1.2}}}
 JOB_SECONDS = 180
 
 
@@ -106,7 +109,7 @@ def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
                 mp.setenv(key, value)
             mp.delenv("CLIPMORPH_MLFLOW_TRACKING_URI", raising=False)
             get_settings.cache_clear()
-            register_tiny_model(get_settings(), STYLE)
+            register_tiny_model(get_settings(), STYLE, painting="starrynight", quality=QUALITY)
         get_settings.cache_clear()
         url = f"http://127.0.0.1:{env['CLIPMORPH_API_PORT']}/"
         _wait_http(url, procs[0], tmp / "serve.log")
@@ -226,12 +229,18 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
     assert "frames/s" in progress
     assert browser.find_element(By.ID, "status-text").text == "Done."
     assert browser.find_element(By.ID, "result-meta").text == f"Style {STYLE} v1"
+    # The players stream the result from the server (a signed link: <video> sends no bearer header).
+    source = browser.execute_script("return document.getElementById('result-video').currentSrc")
+    assert source.startswith(f"{stack.url}v1/jobs/") and "/result?expires=" in source and "&signature=" in source
     link = browser.find_element(By.ID, "download")
-    assert link.get_attribute("href").startswith("blob:")
+    assert link.get_attribute("href") == source
     assert link.get_attribute("download") == f"clip-{STYLE}.mp4"
-    # The comparison shows the local original under the stylized clip.
+    # The comparison shows the local original under the stylized clip; the slider moves the divider.
     original = browser.execute_script("return document.getElementById('compare-original').src")
     assert original.startswith("blob:")
+    slider = browser.find_element(By.ID, "compare-slider")
+    browser.execute_script("arguments[0].value = 20; arguments[0].dispatchEvent(new Event('input'))", slider)
+    assert browser.find_element(By.ID, "compare-top").value_of_css_property("clip-path") == "inset(0px 0px 0px 20%)"
     browser.find_element(By.ID, "compare-play").click()
     _wait(
         browser,
@@ -242,6 +251,11 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
         "the comparison did not play both clips",
     )
     assert _script_errors(browser) == []
+    # Chromium asked for byte ranges, and the server answered them (206) instead of sending the file whole.
+    metrics = httpx.get(f"{stack.url}metrics").text
+    ranges = r'clipmorph_http_requests_total\{method="GET",route="/jobs/\{job_id\}/result",status="206"\} [1-9]'
+    assert re.search(ranges, metrics)
+    assert 'route="/jobs/{job_id}/result",status="200"' not in metrics  # never fetched whole
     _screenshot(browser, "video-result")
 
 
@@ -319,20 +333,36 @@ def test_still_image_preview(stack: Stack, browser: WebDriver, assets: Path, tmp
     _screenshot(browser, "image-result")
 
 
-def test_style_thumbnail_shows_the_champion_preview(stack: Stack, browser: WebDriver) -> None:
-    _open(browser, stack)
-    thumb = f'input[name="style"][value="{STYLE}"] ~ .style-thumb img'
-    _wait(
-        browser,
-        lambda d: (
-            d.execute_script(f"const i = document.querySelector('{thumb}'); return i.complete && i.naturalWidth") > 0
-        ),
-        60,
-        "the style's preview image never loaded",
+def _image_loaded(driver: WebDriver, selector: str) -> bool:
+    return (
+        driver.execute_script(f"const i = document.querySelector('{selector}'); return i.complete && i.naturalWidth")
+        > 0
     )
-    # Fetched with the bearer header, so it is shown from a blob, not from the (protected) URL itself.
-    assert browser.find_element(By.CSS_SELECTOR, thumb).get_attribute("src").startswith("blob:")
+
+
+def test_style_card_shows_the_painting_a_sample_and_plain_words(stack: Stack, browser: WebDriver) -> None:
+    _open(browser, stack)
+    card = f'.style-card:has(input[value="{STYLE}"])'
+    for picture in ("style-painting", "style-sample"):
+        _wait(
+            browser,
+            lambda d, p=picture: _image_loaded(d, f"{card} .{p} img"),
+            60,
+            f"the style card's {picture} never loaded",
+        )
+        # Fetched with the bearer header, so it is shown from a blob, not from the (protected) URL itself.
+        assert browser.find_element(By.CSS_SELECTOR, f"{card} .{picture} img").get_attribute("src").startswith("blob:")
     assert browser.find_element(By.CSS_SELECTOR, f'input[value="{STYLE}"]').is_selected()
+    words = {li.get_attribute("data-aspect"): li.text for li in browser.find_elements(By.CSS_SELECTOR, f"{card} li")}
+    assert words["strength"].startswith("A bold repaint") and "close to the painting's colours" in words["strength"]
+    assert words["steadiness"] == "Very steady: about as calm as the original video."
+    assert words["speed"] == "Its speed on a CPU has not been measured yet."
+    # The numbers stay folded away until asked for.
+    details = browser.find_element(By.CSS_SELECTOR, f"{card} details")
+    assert details.get_attribute("open") is None and not details.find_element(By.TAG_NAME, "dl").is_displayed()
+    details.find_element(By.TAG_NAME, "summary").click()
+    assert "warping ratio\n1.2" in details.find_element(By.TAG_NAME, "dl").text
+    _screenshot(browser, "style-card")
 
 
 def test_drop_zone_takes_a_dropped_file(stack: Stack, browser: WebDriver) -> None:

@@ -298,17 +298,12 @@ function normalizeStyle(entry) {
     style: String(style || "").replace(/^clipmorph-/, ""),
     version: entry.champion_version ?? champion.version ?? entry.version ?? null,
     previewUrl: entry.preview_url || champion.preview_url || null,
+    paintingUrl: entry.painting_url || null,
+    traits: Array.isArray(entry.traits) ? entry.traits : [],
+    figures: Array.isArray(entry.figures) ? entry.figures : [],
     metrics: champion.metrics || entry.metrics || {},
     description: entry.description || "",
   };
-}
-
-function metricsSummary(metrics) {
-  const entries = Object.entries(metrics || {}).filter(([, v]) => typeof v === "number");
-  return entries
-    .slice(0, 3)
-    .map(([k, v]) => `${k.replace(/_/g, " ")} ${Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)}`)
-    .join(", ");
 }
 
 async function loadPreview(img, url) {
@@ -322,38 +317,104 @@ async function loadPreview(img, url) {
   }
 }
 
+// A picture slot of a style card: filled from the API (with the token), else the style's initial.
+function thumbnail(style, url, className, caption) {
+  const figure = document.createElement("figure");
+  figure.className = "style-figure";
+  const thumb = document.createElement("span");
+  thumb.className = `style-thumb ${className}`;
+  thumb.dataset.initial = style.slice(0, 1).toUpperCase();
+  const img = document.createElement("img");
+  img.alt = `${caption} (${style})`;
+  img.width = 160;
+  img.height = 120;
+  thumb.append(img);
+  if (url) loadPreview(img, url);
+  else thumb.classList.add("no-preview");
+  const label = document.createElement("figcaption");
+  label.className = "muted";
+  label.textContent = caption;
+  figure.append(thumb, label);
+  return figure;
+}
+
+function formatFigure(value) {
+  return Math.abs(value) >= 100 ? value.toFixed(0) : Number(value.toPrecision(3)).toString();
+}
+
+// The numbers behind the words, folded away: people who want them open "Details".
+function detailsOf(s) {
+  const details = document.createElement("details");
+  details.className = "style-details";
+  const summary = document.createElement("summary");
+  summary.textContent = "Details";
+  details.append(summary);
+  const rows = s.figures.length
+    ? s.figures.map((f) => [f.name, f.value, f.meaning])
+    : Object.entries(s.metrics).map(([k, v]) => [k, v, ""]);
+  if (!rows.length) {
+    const none = document.createElement("p");
+    none.className = "muted";
+    none.textContent = "No measurements recorded for this version.";
+    details.append(none);
+    return details;
+  }
+  const list = document.createElement("dl");
+  for (const [name, value, meaning] of rows) {
+    const term = document.createElement("dt");
+    term.textContent = name.replace(/_/g, " ");
+    const data = document.createElement("dd");
+    data.textContent = typeof value === "number" ? formatFigure(value) : String(value);
+    if (meaning) {
+      const note = document.createElement("small");
+      note.className = "muted";
+      note.textContent = ` ${meaning}`;
+      data.append(note);
+    }
+    list.append(term, data);
+  }
+  details.append(list);
+  return details;
+}
+
+function styleCard(s) {
+  const card = document.createElement("div");
+  card.className = "style-card";
+  const pick = document.createElement("label");
+  pick.className = "style-pick";
+  const input = document.createElement("input");
+  input.type = "radio";
+  input.name = "style";
+  input.value = s.style;
+  const pictures = document.createElement("span");
+  pictures.className = "style-pictures";
+  pictures.append(
+    thumbnail(s.style, s.paintingUrl, "style-painting", "The painting"),
+    thumbnail(s.style, s.previewUrl, "style-sample", "A photo in this style"),
+  );
+  const name = document.createElement("span");
+  name.className = "style-name";
+  name.textContent = s.style;
+  const meta = document.createElement("span");
+  meta.className = "style-meta muted";
+  meta.textContent = s.version != null ? `version ${s.version}` : "";
+  pick.append(input, pictures, name, meta);
+  const traits = document.createElement("ul");
+  traits.className = "style-traits";
+  for (const t of s.traits) {
+    const item = document.createElement("li");
+    item.dataset.aspect = t.aspect;
+    item.textContent = t.words;
+    traits.append(item);
+  }
+  card.append(pick, traits, detailsOf(s));
+  return card;
+}
+
 function renderStyles() {
   const list = $("style-list");
   const previous = (document.querySelector('input[name="style"]:checked') || {}).value;
-  list.replaceChildren();
-  for (const s of state.styles) {
-    const card = document.createElement("label");
-    card.className = "style-card";
-    const input = document.createElement("input");
-    input.type = "radio";
-    input.name = "style";
-    input.value = s.style;
-    const thumb = document.createElement("span");
-    thumb.className = "style-thumb";
-    thumb.dataset.initial = s.style.slice(0, 1).toUpperCase();
-    const img = document.createElement("img");
-    img.alt = "";
-    img.width = 160;
-    img.height = 120;
-    thumb.append(img);
-    if (s.previewUrl) loadPreview(img, s.previewUrl);
-    else thumb.classList.add("no-preview");
-    const name = document.createElement("span");
-    name.className = "style-name";
-    name.textContent = s.style;
-    const meta = document.createElement("span");
-    meta.className = "style-meta muted";
-    const metrics = metricsSummary(s.metrics);
-    meta.textContent = [s.version != null ? `v${s.version}` : "", metrics].filter(Boolean).join(" · ");
-    if (metrics) card.title = `Champion metrics: ${metrics}`;
-    card.append(input, thumb, name, meta);
-    list.append(card);
-  }
+  list.replaceChildren(...state.styles.map(styleCard));
   const wanted = state.styles.find((s) => s.style === previous) || state.styles[0];
   if (wanted) list.querySelector(`input[value="${CSS.escape(wanted.style)}"]`).checked = true;
 }
@@ -468,6 +529,12 @@ function resetProgress() {
   $("status-text").textContent = "";
 }
 
+function queueWords(position) {
+  if (position == null || position < 0) return "Waiting for a worker…";
+  if (position === 0) return "Waiting for a worker: yours is next in the queue.";
+  return `Waiting for a worker: ${position} ${position === 1 ? "job is" : "jobs are"} ahead of yours in the queue.`;
+}
+
 function showJob(job) {
   const p = job.progress || {};
   const bar = $("job-bar");
@@ -488,7 +555,7 @@ function showJob(job) {
   if (job.status === "running" && Number.isFinite(eta) && p.eta_seconds != null) parts.push(`about ${formatDuration(eta)} left`);
   $("job-text").textContent = parts.join(" · ");
   const words = {
-    queued: "Waiting for a worker…",
+    queued: queueWords(job.queue_position),
     started: "Stylizing…",
     running: "Stylizing…",
     finished: "Done. Loading the result…",
@@ -545,10 +612,16 @@ async function submitVideo(run) {
     $("status-text").textContent = "The job was cancelled.";
     return;
   }
-  const resultUrl = apiUrl(job.result_url || `${state.statusUrl.replace(/\/$/, "")}/result`);
-  const blob = await getBlob(resultUrl, "result");
-  if (run !== state.run) return;
-  showVideoResult(blob, job);
+  if (job.stream_url) {
+    // A plain URL (signed when the server has a token): the players stream it with Range requests,
+    // so playback starts before the whole file has arrived.
+    showVideoResult(apiUrl(job.stream_url), job, null);
+  } else {
+    const resultUrl = apiUrl(job.result_url || `${state.statusUrl.replace(/\/$/, "")}/result`);
+    const blob = await getBlob(resultUrl, "result");
+    if (run !== state.run) return;
+    showVideoResult(trackUrl(blob), job, blob);
+  }
   $("status-text").textContent = "Done.";
 }
 
@@ -562,8 +635,8 @@ function modelLabel(job) {
   return version != null ? `${name} v${version}` : name;
 }
 
-function showVideoResult(blob, job) {
-  const styledUrl = trackUrl(blob);
+// `blob`: the result when it was downloaded whole (older servers without stream_url), else null.
+function showVideoResult(styledUrl, job, blob) {
   const originalUrl = trackUrl(state.file);
   $("result-image").hidden = true;
   $("compare-original-image").hidden = true;
@@ -576,8 +649,8 @@ function showVideoResult(blob, job) {
   const style = selectedStyle();
   const link = $("download");
   link.href = styledUrl;
-  link.download = `${fileStem(state.file.name)}-${style}.${extensionFor(blob, "mp4")}`;
-  link.textContent = `Download ${link.download} (${formatBytes(blob.size)})`;
+  link.download = `${fileStem(state.file.name)}-${style}.${blob ? extensionFor(blob, "mp4") : "mp4"}`;
+  link.textContent = blob ? `Download ${link.download} (${formatBytes(blob.size)})` : `Download ${link.download}`;
   $("result-meta").textContent = `Style ${modelLabel(job)}`;
   $("result").hidden = false;
 }
