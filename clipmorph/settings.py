@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +98,9 @@ class Settings(BaseSettings):
     # network-alone frames/s at 640x360, "veryfast" to 87% (benchmarks/bench_pipeline.py).
     x264_preset: str = Field("veryfast", description="libx264 speed/size trade-off for stylized videos.")
     champion_alias: str = "champion"
+    # "auto": onnxruntime for models it can run (no instance norm) on the CPU, torch otherwise and on CUDA;
+    # the faster of the two on CPU in `make bench` (docs/performance.md).
+    runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="Inference runtime: auto, torch, onnx.")
 
     # Evaluation (clipmorph evaluate) and the promotion gate (clipmorph promote).
     eval_photos: str = Field("coco128_val2017", description="Validation photo folder under photos_dir.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -155,3 +156,19 @@ def models(name: str | None = typer.Argument(None, help="Only this style / regis
     if not rows:
         raise fail(f"no registered versions{' for ' + name if name else ''}; train one with `make train`")
     _print(table)
+
+
+@app.command("export")
+def export_model(
+    model: str = typer.Argument(..., help="Model folder or registry ref (kandinsky, kandinsky/3)."),
+    output: Path = typer.Argument(..., help="Where to write the .onnx file."),
+) -> None:
+    """Write a model as ONNX (dynamic batch, height and width) for onnxruntime or other runtimes."""
+    from clipmorph import registry
+    from clipmorph.export import export_onnx
+
+    try:
+        path = export_onnx(registry.resolve(model).path, output)
+    except (ValueError, registry.ModelNotFoundError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{path}: input 'frames' (N, 3, H, W) in [0, 1], H and W multiples of the network's stride")

@@ -22,6 +22,9 @@ def stylize(
     crf: int = typer.Option(18, min=0, max=51, help="x264 quality (lower = better, bigger)."),
     batch_size: int = typer.Option(4, min=1, help="Frames per network call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    runtime: str | None = typer.Option(
+        None, help="torch | onnx | auto (default: settings.runtime, auto: onnxruntime on the CPU where it can)."
+    ),
 ) -> None:
     """Stylize a video or an image with a registered model."""
     from tqdm import tqdm
@@ -37,7 +40,7 @@ def stylize(
         options = StylizeOptions(
             max_side=max_side, strength=strength, crf=crf, batch_size=batch_size, device=device, **chosen
         )
-        loaded = load_stylizer(model, device)
+        loaded = load_stylizer(model, device, runtime)
     except (ValueError, ModelNotFoundError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     options.norm_smoothing = norm_smoothing(loaded.info)

@@ -1,0 +1,84 @@
+"""ONNX export and the onnxruntime path: same pictures as torch, at any size, stored in the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clipmorph import export, registry
+from clipmorph.artifact import ModelInfo, save_model
+from clipmorph.cli import app
+from clipmorph.inference import StylizeOptions, load_stylizer, stylize_array
+from clipmorph.network import PRESETS, build
+
+
+def bn_model(folder: Path) -> Path:
+    """An rt_bn model whose batch norms hold non-trivial running statistics, as a trained one does."""
+    torch.manual_seed(0)
+    model = build("rt_bn")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return save_model(model, ModelInfo(net=PRESETS["rt_bn"], recommended={"frame_side": 96}), folder)
+
+
+def test_onnx_matches_torch_at_sizes_that_are_not_multiples_of_the_stride(tmp_path, one_torch_thread) -> None:
+    folder = bn_model(tmp_path / "m")
+    onnx_path = export.export_onnx(folder, tmp_path / "m.onnx")
+    torch_model = load_stylizer(str(folder), "cpu", runtime="torch").model
+    onnx_model = load_stylizer(str(folder), "cpu", runtime="onnx").model
+    assert isinstance(onnx_model, export.OnnxStylizer) and not isinstance(torch_model, export.OnnxStylizer)
+    runner = export.OnnxStylizer(onnx_path, load_stylizer(str(folder), "cpu").info, threads=1)
+    for shape in [(1, 3, 37, 53), (2, 3, 64, 96), (1, 3, 8, 8)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            expected = torch_model(x)
+        for got in (runner(x), onnx_model(x)):
+            assert got.shape == x.shape
+            assert (got - expected).abs().max().item() < export.TOLERANCE
+    # Whole-picture path (scaling to the frame side, back, uint8): at most one grey level apart.
+    rgb = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    a, b = (stylize_array(m, rgb, StylizeOptions()) for m in (torch_model, onnx_model))
+    assert a.shape == rgb.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_instance_norm_models_are_refused_with_a_clear_message(tmp_path) -> None:
+    folder = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "m")
+    with pytest.raises(ValueError, match="instance"):
+        export.export_onnx(folder, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="--runtime torch"):
+        load_stylizer(str(folder), "cpu", runtime="onnx")
+    # auto picks torch for them
+    assert not isinstance(load_stylizer(str(folder), "cpu", runtime="auto").model, export.OnnxStylizer)
+
+
+def test_registering_stores_the_onnx_file_beside_the_weights(settings, tmp_path) -> None:
+    folder = bn_model(tmp_path / "m")
+    client = registry.configure(settings)
+    with mlflow.start_run() as run:
+        mv = registry.register_model_dir(client, folder, "onnxtest", run.info.run_id)
+    assert not (folder / export.ONNX_FILE).exists()  # the source folder (maybe a shipped one) is left alone
+    resolved = registry.resolve(f"onnxtest/{mv.version}", client)
+    assert (resolved.path / export.ONNX_FILE).is_file()
+    # The stored file is the one the onnx runtime uses: no second export into the cache.
+    loaded = load_stylizer(f"onnxtest/{mv.version}", "cpu", runtime="onnx")
+    assert isinstance(loaded.model, export.OnnxStylizer)
+    assert not (settings.var_dir / "onnx").exists()
+
+
+def test_export_command_writes_a_file_and_explains_bad_input(settings, tmp_path) -> None:
+    folder = bn_model(tmp_path / "m")
+    out = tmp_path / "out" / "m.onnx"
+    result = CliRunner().invoke(app, ["export", str(folder), str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 100_000 and not out.with_name("m.onnx.partial").exists()
+    fast = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "fast")
+    result = CliRunner().invoke(app, ["export", str(fast), str(tmp_path / "f.onnx")])
+    assert result.exit_code == 1 and "torch runtime" in result.output
