@@ -13,12 +13,13 @@ import anyio
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mlflow import MlflowClient
-from redis import Redis
 from rq import Queue
 
-from clipmorph import registry
+from clipmorph import redisconn, registry
 from clipmorph.settings import Settings
 from worker.models import ModelCache
+
+API_REDIS_PATIENCE_SECONDS = 1.0
 
 
 class Services:
@@ -26,9 +27,10 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Bounded waits: with Redis unreachable a request answers 503 (api.main) instead of hanging.
-        timeout = settings.redis_timeout_seconds
-        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        # Bounded waits: with Redis unreachable a request answers 503 (api.main) after about a second
+        # of retries instead of hanging; the retries also carry requests over a restarted Redis's
+        # closed connections, so the API recovers by itself.
+        self.redis = redisconn.connect(settings.redis_url, API_REDIS_PATIENCE_SECONDS, settings.redis_timeout_seconds)
         self.queue = Queue(settings.queue_name, connection=self.redis)
         # Inference in the API (images, previews) runs one at a time: torch already uses every core.
         self.inference_limiter = anyio.CapacityLimiter(1)

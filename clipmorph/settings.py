@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         1, description="Re-runs of a job whose worker died or hit a transient error; bad input is never re-run."
     )
     redis_timeout_seconds: float = Field(5.0, description="The API's Redis connect/read timeout.")
+    worker_redis_patience_seconds: float = Field(
+        120.0, description="How long a worker retries Redis (restarting, unreachable) before it gives up."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str | None = Field(None, description="Where clients reach the API; defaults to http://api_host:api_port.")

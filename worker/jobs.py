@@ -7,7 +7,9 @@ and progress (frames done/total, fps, ETA), saved at most twice a second.
 Failures: bad input (VideoError, including a limit found mid-stream), an
 unknown style or a missing input fail the job at once, with a message for the
 client in meta["error"]: running it again would fail the same way. Anything
-else (a worker killed mid-job, a Redis hiccup, a timeout) keeps RQ's retries.
+else (a worker killed mid-job, a timeout) keeps RQ's retries. A Redis restart is
+waited out (the worker's connection retries with backoff, worker.runner); a
+progress write that still fails is skipped, never fatal.
 Half-written files are removed on every failure, and when a new attempt starts.
 A job ends exactly once, finished or cancelled (worker.settle).
 """
@@ -135,8 +137,14 @@ class ProgressReporter:
             return
         self._saved_at = now
         self.job.meta["progress"] = dataclasses.asdict(progress)
-        self.job.save_meta()
-        self.connection.incrby(FRAMES_COUNTER_KEY, progress.done - self._frames_counted)
+        try:
+            self.job.save_meta()
+            self.connection.incrby(FRAMES_COUNTER_KEY, progress.done - self._frames_counted)
+        except redis.RedisError:
+            # The connection already retried for worker_redis_patience_seconds: progress is only for show,
+            # so the frames go on; the next report saves it again (and counts these frames).
+            log.warning("job %s: could not save progress, Redis unavailable; continuing", self.job.id)
+            return
         self._frames_counted = progress.done
 
 
@@ -213,7 +221,7 @@ def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[
             stylize_options,
             progress=ProgressReporter(job, job.connection),
             # The stop command, or the DELETE's mark when the command did not reach this worker.
-            should_cancel=lambda: cancel_requested.is_set() or settle.is_cancelled(job.connection, job.id),
+            should_cancel=lambda: cancel_requested.is_set() or _cancelled_by_delete(job),
         )
     except StylizeCancelled:
         raise JobCancelled(f"job {job.id} cancelled") from None

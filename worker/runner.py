@@ -24,13 +24,12 @@ import signal
 import threading
 
 import redis
-from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
-from clipmorph import registry
+from clipmorph import redisconn, registry
 from clipmorph.settings import Settings, get_settings
 from worker.files import purge_expired
 from worker.jobs import cancel_requested
@@ -83,7 +82,8 @@ class StylizeWorker(SimpleWorker):
 
 def build_worker(settings: Settings | None = None, name: str | None = None) -> StylizeWorker:
     settings = settings or get_settings()
-    connection = Redis.from_url(settings.redis_url)
+    # Retries with backoff: a Redis restart pauses the worker (and its running job) instead of killing it.
+    connection = redisconn.connect(settings.redis_url, settings.worker_redis_patience_seconds)
     worker = StylizeWorker(
         [Queue(settings.queue_name, connection=connection)],
         connection=connection,
