@@ -81,9 +81,30 @@ def temporal_noise_loss(
     output: torch.Tensor,
     amplitude: float,
     density: float,
+    max_shift: int = 0,
+    margin: int = 16,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """de Berker & Rainy: stylize x and x+noise, penalise the difference of the outputs."""
-    return F.mse_loss(model(add_noise(x, amplitude, density)), output)
+    """de Berker & Rainy, with motion: stylize a shifted, noisier copy of x and compare it with the output, shifted.
+
+    With `max_shift` 0 this is the original loss (a still picture plus sensor-like noise). With a
+    shift, the second copy is x moved by (dy, dx) pixels, 0..max_shift each and not both 0, so the
+    loss also asks the network to be shift-equivariant: a texture tied to the network's stride
+    lattice instead of to the picture moves against the content and costs here, as it does in a
+    panning video. `margin` pixels at the crop's edges are left out, where padding differs.
+    """
+    if max_shift <= 0:
+        return F.mse_loss(model(add_noise(x, amplitude, density, generator)), output)
+    h, w = x.shape[-2:]
+    dy, dx = 0, 0
+    while dy == 0 and dx == 0:
+        dy, dx = (int(v) for v in torch.randint(0, max_shift + 1, (2,), generator=generator))
+    # Both crops keep the same size so the network sees the same padding to its stride multiple.
+    hs, ws = h - max_shift, w - max_shift
+    moved = model(add_noise(x[..., dy : dy + hs, dx : dx + ws], amplitude, density, generator))
+    expected = output[..., dy : dy + hs, dx : dx + ws]
+    m = min(margin, hs // 4, ws // 4)  # small crops (tests, tiny runs) keep their middle half
+    return F.mse_loss(moved[..., m : hs - m, m : ws - m], expected[..., m : hs - m, m : ws - m])
 
 
 def rescaled(img: torch.Tensor, scale: float) -> torch.Tensor:

@@ -34,8 +34,7 @@ class TrainConfig:
     style: str = "kandinsky"  # a style name, an image path, or 'a:0.5,b:0.5' to blend
     name: str = ""  # registered as clipmorph-<name>; defaults to the style spec
     preset: str = "rt_bn"
-    # The shipped starrynight recipe: about 23 min on a 2-core CPU. Longer runs of this recipe grew a texture tied to
-    # the network's pixel lattice (docs/training.md), so more steps are not better yet.
+    # The shipped kandinsky and kanagawa recipe: about 22 min on a 2-core CPU (docs/training.md, third round).
     iters: int = 1000
     batch_size: int = 4
     size: int = 256  # training crop side
@@ -43,14 +42,18 @@ class TrainConfig:
     style_size: int = 640  # longer side of the style image: the frame side, so strokes keep their relative size
     lr: float = 2e-3
     content_weight: float = 0.25
-    style_weight: float = 2e5
+    style_weight: float = 1e5
     tv_weight: float = 10.0
-    temporal_weight: float = 50.0
+    # Dense small noise on a moved copy (losses.temporal_noise_loss), at a weight where the term counts:
+    # against strokes made of amplified noise, which flicker (docs/training.md, third round).
+    temporal_weight: float = 2e4
     # Coarse light/dark layout kept from the photo (losses.structure_loss): against blobs and halos.
     structure_weight: float = 500.0
     structure_cell: int = 16
-    noise_amplitude: float = 0.1
-    noise_density: float = 0.5
+    noise_amplitude: float = 0.03
+    noise_density: float = 1.0
+    # The temporal loss's second copy is also moved by up to this many pixels (0: a still picture).
+    temporal_shift: int = 8
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
     style_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
@@ -303,7 +306,7 @@ def loss_terms(
         terms["structure"] = cfg.structure_weight * losses.structure_loss(y.float(), x.float(), cfg.structure_cell)
     if cfg.temporal_weight > 0:
         terms["temporal"] = cfg.temporal_weight * losses.temporal_noise_loss(
-            model, x, y, cfg.noise_amplitude, cfg.noise_density
+            model, x, y, cfg.noise_amplitude, cfg.noise_density, cfg.temporal_shift
         )
     return terms
 

@@ -61,3 +61,29 @@ def test_structure_loss_ignores_palette_and_fine_texture_but_flags_a_blob():
     assert losses.structure_loss(repainted, x) < 1e-3
     assert losses.structure_loss(textured, x) < 0.02
     assert losses.structure_loss(blob, x) > 10 * losses.structure_loss(textured, x)
+
+
+def test_shifted_temporal_loss_passes_a_shift_equivariant_network_and_flags_a_lattice_texture():
+    # A blur is shift-equivariant: moving the input moves the output, so the shifted copy agrees.
+    # A texture fixed to an 8-pixel lattice (what a strided network can paint into flat areas) does
+    # not move with the picture, and the still-picture loss cannot see that.
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    blur = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+    torch.nn.init.constant_(blur.weight, 1 / 27)
+    lattice = torch.zeros(1, 1, 64, 64)
+    lattice[..., ::8, :] = 0.5
+
+    def hatched(t: torch.Tensor) -> torch.Tensor:
+        return t * 0.5 + lattice[..., : t.shape[-2], : t.shape[-1]]
+
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        assert losses.temporal_noise_loss(blur, x, blur(x), 0.0, 0.5, max_shift=8, margin=4, generator=g) < 1e-10
+        assert losses.temporal_noise_loss(hatched, x, hatched(x), 0.0, 0.5, max_shift=0) == 0.0
+        shifted = [
+            losses.temporal_noise_loss(hatched, x, hatched(x), 0.0, 0.5, max_shift=8, margin=4, generator=g)
+            for _ in range(4)
+        ]
+    # Any shift but a multiple of 8 rows moves the lines off the lattice; a pure column shift does not.
+    assert max(shifted) > 0.01
