@@ -1,17 +1,21 @@
-"""The local stack: redis-server, the API under uvicorn and one worker, as background processes.
+"""The local stack: redis-server, the API under uvicorn and one worker, kept running by supervisord.
 
+supervisord (the `supervisor` package) starts them in the background and restarts any of them
+that dies; Redis keeps an append-only file, so a restarted Redis still has its queues, and the
+API and the worker reconnect by themselves (clipmorph.redisconn).
 Built-in models are registered first when the registry lacks them.
-Pid files live in <var_dir>/run, logs in <logs_dir>; nothing needs root except
-installing redis-server when it is missing (through apt-get, as root or with
+supervisord's configuration, socket and pid file live in <var_dir>/run, logs in <logs_dir>;
+`.venv/bin/supervisorctl -c var/run/supervisord.conf status` talks to it directly. Nothing needs
+root except installing redis-server when it is missing (through apt-get, as root or with
 password-less sudo). `clipmorph stack up|down|status|logs` drives it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
+import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+from xmlrpc.client import Fault, ServerProxy
 
 import httpx
 import redis
 from rq import Queue, Worker
+from supervisor.xmlrpc import SupervisorTransport
 
 from clipmorph import registry
 from clipmorph.settings import REPO_ROOT, Settings
@@ -42,9 +49,6 @@ class Service:
     name: str
     argv: list[str]
     ready: Callable[[], bool]
-
-    def pid_file(self, settings: Settings) -> Path:
-        return settings.run_dir / f"{self.name}.pid"
 
     def log_file(self, settings: Settings) -> Path:
         return settings.logs_dir / f"{self.name}.log"
@@ -120,18 +124,65 @@ def services(settings: Settings) -> list[Service]:
     return stack
 
 
-def _pid(service: Service, settings: Settings) -> int | None:
-    """The service's pid if its pid file names a live process that is still that service."""
+def _rpc(settings: Settings) -> ServerProxy | None:
+    """supervisord's XML-RPC interface when it runs for this stack, else None."""
+    sock = settings.run_dir / "supervisor.sock"
+    if not sock.exists():
+        return None
+    proxy = ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{sock}"))
     try:
-        pid = int(service.pid_file(settings).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not _alive(pid):
-        return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists() and Path(service.argv[0]).name.encode() not in cmdline.read_bytes():
-        return None  # the pid was reused by something else
-    return pid
+        proxy.supervisor.getState()
+    except (OSError, Fault):
+        return None  # a socket left by a supervisord that was killed
+    return proxy
+
+
+def supervisor_conf(settings: Settings, stack: list[Service]) -> str:
+    """supervisord's configuration: each service restarted whenever it exits, its output in its log."""
+    run, logs = settings.run_dir, settings.logs_dir
+    lines = [
+        "[supervisord]", f"logfile={logs / 'supervisord.log'}", f"pidfile={run / 'supervisord.pid'}",
+        f"directory={REPO_ROOT}",
+        "[unix_http_server]", f"file={run / 'supervisor.sock'}", "chmod=0700",
+        "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]", f"serverurl=unix://{run / 'supervisor.sock'}",
+    ]  # fmt: skip
+    for priority, service in enumerate(stack, start=1):
+        lines += [
+            f"[program:{service.name}]",
+            # '%' starts an expansion in supervisord's files; shlex quoting survives its shlex.split.
+            f"command={shlex.join(service.argv).replace('%', '%%')}",
+            f"priority={priority}",  # started in this order, stopped in the reverse one
+            f"directory={REPO_ROOT}",
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=10",  # a process that dies within startsecs is retried this often, then FATAL
+            f"stopwaitsecs={STOP_SECONDS:g}",  # SIGTERM, then SIGKILL (a worker abandons its job: it is retried)
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={service.log_file(settings)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _start_supervisord(settings: Settings, stack: list[Service]) -> ServerProxy:
+    conf = settings.run_dir / "supervisord.conf"
+    conf.write_text(supervisor_conf(settings, stack))
+    # supervisord forks into the background and starts the programs; it outlives the terminal of `make up`.
+    exe = Path(sys.executable).parent / "supervisord"
+    done = subprocess.run([str(exe), "-c", str(conf)], capture_output=True, text=True, check=False)
+    proxy = None
+    if done.returncode == 0 and _wait(lambda: _rpc(settings) is not None, 15):
+        proxy = _rpc(settings)
+    if proxy is None:
+        tail = "\n".join(read_log(settings.logs_dir / "supervisord.log", 20))
+        raise StackError(f"supervisord did not start: {done.stderr.strip()}\n{tail}")
+    return proxy
+
+
+def _processes(proxy: ServerProxy | None) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in proxy.supervisor.getAllProcessInfo()} if proxy else {}
 
 
 def _wait(ready: Callable[[], bool], seconds: float, alive: Callable[[], bool] = lambda: True) -> bool:
@@ -146,64 +197,57 @@ def _wait(ready: Callable[[], bool], seconds: float, alive: Callable[[], bool] =
 
 
 def up(settings: Settings, timeout: float = 120.0) -> dict[str, int | None]:
-    """Start whatever of the stack is not running and wait until each part answers; -> pids."""
+    """Start the stack under supervisord (or whatever of it is stopped) and wait until each part answers; -> pids."""
     # Here, before the API and the worker start, so a first `make up` reports it once.
     for mv in registry.register_builtins(settings=settings):
         print(f"registered built-in model {mv.name} version {mv.version} as {settings.champion_alias}", flush=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    pids: dict[str, int | None] = {}
-    for service in services(settings):
-        pid = _pid(service, settings)
-        if pid is None and service.name == "redis" and _redis_ok(settings.redis_url):
+    stack = services(settings)
+    proxy = _rpc(settings)
+    if proxy is None:
+        if stack[0].name == "redis" and _redis_ok(settings.redis_url):
             print(f"redis: already answering at {settings.redis_url}, not starting another", flush=True)
-            pids[service.name] = None
-            continue
-        if pid is None and service.name == "api" and not _port_free(settings.api_host, settings.api_port):
+            stack = stack[1:]
+        if not _port_free(settings.api_host, settings.api_port):
             raise StackError(
                 f"port {settings.api_port} on {settings.api_host} is taken by another program; "
                 "choose another with CLIPMORPH_API_PORT"
             )
-        alive = lambda s=service: _pid(s, settings) is not None  # noqa: E731
-        if pid is None:
-            argv = [redis_server(), *service.argv[1:]] if service.name == "redis" else service.argv
-            with service.log_file(settings).open("ab") as log:
-                # A new session: the process outlives the terminal that ran `make up`.
-                proc = subprocess.Popen(
-                    argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )  # fmt: skip
-            pid = proc.pid
-            alive = lambda p=proc: p.poll() is None  # noqa: E731  (right after the fork, /proc shows python)
-            service.pid_file(settings).write_text(str(pid))
-            print(f"{service.name}: started (pid {pid}), log {service.log_file(settings)}", flush=True)
+        if stack[0].name == "redis":
+            stack[0] = dataclasses.replace(stack[0], argv=[redis_server(), *stack[0].argv[1:]])
+        proxy = _start_supervisord(settings, stack)
+    for name, process in _processes(proxy).items():
+        if process["statename"] in ("STOPPED", "EXITED", "FATAL"):  # stopped by hand (supervisorctl) or gave up
+            proxy.supervisor.startProcess(name, False)
+    supervised = _processes(proxy)
+    for service in (s for s in stack if s.name in supervised):
+        alive = lambda name=service.name: _processes(proxy)[name]["statename"] != "FATAL"  # noqa: E731
         if not _wait(service.ready, timeout, alive):
             tail = "\n".join(read_log(service.log_file(settings), 20))
             raise StackError(f"{service.name} did not become ready; last log lines:\n{tail}")
-        pids[service.name] = pid
+        pid = _processes(proxy)[service.name]["pid"]
+        print(f"{service.name}: running (pid {pid}), log {service.log_file(settings)}", flush=True)
     print(f"stack up: API at {settings.api_base_url} (web page at /, docs at /docs)", flush=True)
-    return pids
+    return status(settings)
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop the stack's processes (workers finish or abandon their job: it is retried later); -> names stopped."""
-    stopped = []
-    for service in reversed(services(settings)):
-        pid = _pid(service, settings)
-        if pid is not None:
-            _terminate(pid)
-            stopped.append(service.name)
-            print(f"{service.name}: stopped (pid {pid})", flush=True)
-        service.pid_file(settings).unlink(missing_ok=True)
-    return stopped
+    """Stop the stack and its supervisord; -> names stopped.
 
-
-def _terminate(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        if not _wait(lambda: not _alive(pid), STOP_SECONDS):
-            os.kill(pid, signal.SIGKILL)
-            _wait(lambda: not _alive(pid), 5)
+    A worker finishes or abandons its job (it is retried later)."""
+    proxy = _rpc(settings)
+    if proxy is None:
+        return []
+    pids = {name: pid for name, pid in status(settings).items() if pid}
+    running = {name: pids[name] for name in reversed(list(pids))}  # supervisord stops them in this order
+    pid_file = settings.run_dir / "supervisord.pid"
+    proxy.supervisor.shutdown()  # stops the programs in reverse start order, then exits
+    if not _wait(lambda: not pid_file.exists(), STOP_SECONDS * len(running) + 10):
+        raise StackError(f"supervisord did not stop; see {settings.logs_dir / 'supervisord.log'}")
+    for name, pid in running.items():
+        print(f"{name}: stopped (pid {pid})", flush=True)
+    return list(running)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -216,22 +260,13 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    # A child we started that has exited stays a zombie until reaped; it is not running.
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    return True
-
-
 def status(settings: Settings) -> dict[str, int | None]:
-    return {service.name: _pid(service, settings) for service in services(settings)}
+    """Each service's pid while supervisord reports it running, else None."""
+    processes = _processes(_rpc(settings))
+    return {
+        s.name: processes[s.name]["pid"] if processes.get(s.name, {}).get("statename") == "RUNNING" else None
+        for s in services(settings)
+    }
 
 
 def read_log(path: Path, lines: int) -> list[str]:
@@ -242,4 +277,5 @@ def read_log(path: Path, lines: int) -> list[str]:
 
 
 def log_files(settings: Settings) -> list[Path]:
-    return [service.log_file(settings) for service in services(settings)]
+    """Each service's log, then supervisord's (which tells when a process died and was restarted)."""
+    return [*(service.log_file(settings) for service in services(settings)), settings.logs_dir / "supervisord.log"]

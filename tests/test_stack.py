@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -79,7 +80,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_stack_up_status_logs_down(settings, monkeypatch):
+@pytest.mark.chaos
+def test_stack_up_status_logs_down_and_restarts_what_dies(settings, monkeypatch):
     monkeypatch.setenv("CLIPMORPH_REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
     monkeypatch.setenv("CLIPMORPH_API_PORT", str(_free_port()))
     get_settings.cache_clear()
@@ -96,6 +98,7 @@ def test_stack_up_status_logs_down(settings, monkeypatch):
         assert httpx.get(f"{s.api_base_url}/readyz").json()["status"] == "ok"
         assert stack.up(s) == pids  # idempotent: nothing started twice
         assert all(p.exists() for p in stack.log_files(s))
+        _kill_each_and_see_it_restarted(s, pids)
     finally:
         stopped = stack.down(s)
     assert set(stopped) == {"redis", "api", "worker"}
@@ -103,6 +106,22 @@ def test_stack_up_status_logs_down(settings, monkeypatch):
     assert not list(s.run_dir.glob("*.pid"))
 
 
+def _kill_each_and_see_it_restarted(s, pids: dict[str, int | None]) -> None:
+    """supervisord restarts a SIGKILLed worker, API or Redis; the API then answers with Redis again."""
+    for name in ("api", "worker", "redis"):
+        os.kill(pids[name], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while stack.status(s)[name] in (None, pids[name]):
+            assert time.monotonic() < deadline, f"{name} was not restarted"
+            time.sleep(0.2)
+    deadline = time.monotonic() + 180  # a new API imports torch and MLflow: slow on a loaded machine
+    while not stack._api_ok(s):  # the restarted API answers, and reaches the restarted Redis
+        assert time.monotonic() < deadline, "the API did not come back with Redis"
+        time.sleep(0.2)
+    assert "exited: worker (terminated by SIGKILL" in (s.logs_dir / "supervisord.log").read_text()
+
+
+@pytest.mark.chaos
 def test_stack_redis_keeps_its_data_across_a_kill(settings):
     """The local stack's Redis persists (append-only, fsync every second): a SIGKILL loses no queued job."""
     import redis as redis_lib
