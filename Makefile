@@ -16,7 +16,7 @@ TRAIN_SETS := $(if $(ITERS),--set iters=$(ITERS)) $(if $(SIZE),--set size=$(SIZE
 # raising these thresholds made CPU training ~25% faster here (see README, Training speed).
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 
-.PHONY: help install data train deps test test-fast lint format bench quality demo up down logs clean
+.PHONY: help install data train deps test test-fast chaos lint format bench quality demo up down logs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -42,6 +42,9 @@ test: deps data  ## the whole test suite (what CI runs)
 
 test-fast: deps data  ## the suite without end-to-end tests marked slow
 	$(PY) -m pytest -m "not slow"
+
+chaos: deps data  ## fault injection: Redis, a worker, the API SIGKILLed; no job may be lost
+	$(PY) -m pytest -m chaos -v
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(VENV)/bin/ruff check .

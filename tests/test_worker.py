@@ -216,6 +216,7 @@ def test_cancel_stops_a_running_job_and_deletes_its_files(live, clips):
     assert not (live.settings.jobs_dir / created["id"]).exists()
 
 
+@pytest.mark.chaos
 def test_sigkilled_worker_job_is_retried_not_stuck(live, clips):
     created = live.submit(clips["long"])
     _running_with_progress(live, created["id"])
