@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -113,3 +115,16 @@ def make_resizing_clip(path: Path, parts: list[tuple[tuple[int, int], int]], fps
                     container.mux(packet)
             start += frames
     return path
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM every process, then SIGKILL whichever has not exited after `grace` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

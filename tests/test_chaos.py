@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from serving_helpers import make_clip, register_tiny_model
+from serving_helpers import make_clip, register_tiny_model, stop_processes
 
 from api.main import create_app
 from clipmorph.settings import Settings, get_settings
@@ -153,12 +153,7 @@ def chaos(tmp_path: Path, assets: Path, empty_mlflow_db: Path) -> Iterator[Chaos
             wait_until(lambda: server.started, "uvicorn to start", timeout=60)
             yield Chaos(settings, f"http://127.0.0.1:{api_port}", redis_server, worker)
         finally:
-            worker.terminate()
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_processes([worker])
             server.should_exit = True
             thread.join(15)
             if redis_server.proc and redis_server.proc.poll() is None:

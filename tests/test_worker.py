@@ -24,7 +24,7 @@ import uvicorn
 from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
-from serving_helpers import make_clip, register_tiny_model
+from serving_helpers import make_clip, register_tiny_model, stop_processes
 
 from api.main import create_app
 from clipmorph.settings import get_settings
@@ -124,14 +124,7 @@ def live(tmp_path_factory, assets, redis_url):
         stack.wait_for_workers(2)
         yield stack
 
-        for proc in stack.workers:
-            proc.terminate()
-        for proc in stack.workers:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(stack.workers)
         server.should_exit = True
         thread.join(15)
     get_settings.cache_clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,8 @@ import anyio
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
+from mlflow.entities.model_registry import ModelVersion
+from PIL import Image
 
 from api import schemas
 from api.deps import AdminDep, Services, ServicesDep
@@ -78,28 +81,37 @@ def list_models(request: Request, services: ServicesDep) -> schemas.ModelList:
     return schemas.ModelList(models=sorted(models, key=lambda m: m.name))
 
 
-def render_preview(services: Services, style: str) -> Path:
-    """The champion of `style` applied to the preview photo, rendered once per version and kept on disk."""
+def _cached_jpeg(services: Services, style: str, suffix: str, make: Callable[[ModelVersion], Image.Image]) -> Path:
+    """var/previews/<model>/<version><suffix>: made by `make` once per champion version, then served from disk."""
     try:
         version = get_version(services.registry(), style)
     except ModelNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
-    target = services.settings.var_dir / "previews" / version.name / f"{version.version}.jpg"
+    target = services.settings.var_dir / "previews" / version.name / f"{version.version}{suffix}"
     if target.exists():
         return target
-    loaded = services.models().get(f"{version.name}/{version.version}")
-    try:
-        photo = open_image(services.settings.preview_photo_path)
-    except (ImageError, FileNotFoundError) as e:
-        log.error("preview photo unavailable: %s", e)  # the operator's to fix; the path stays in the log
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the preview photo is unavailable") from None
-    photo.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    image = stylize_pil(loaded.model, photo, StylizeOptions()).convert("RGB")
+    image = make(version)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.jpg")
-    image.save(partial, "JPEG", quality=90)
-    partial.replace(target)
+    image.convert("RGB").save(partial, "JPEG", quality=90)
+    partial.replace(target)  # a concurrent reader never sees half a file
     return target
+
+
+def render_preview(services: Services, style: str) -> Path:
+    """The champion of `style` applied to the preview photo, rendered once per version and kept on disk."""
+
+    def make(version: ModelVersion) -> Image.Image:
+        loaded = services.models().get(f"{version.name}/{version.version}")
+        try:
+            photo = open_image(services.settings.preview_photo_path)
+        except (ImageError, FileNotFoundError) as e:
+            log.error("preview photo unavailable: %s", e)  # the operator's to fix; the path stays in the log
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the preview photo is unavailable") from None
+        photo.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        return stylize_pil(loaded.model, photo, StylizeOptions())
+
+    return _cached_jpeg(services, style, ".jpg", make)
 
 
 @router.get(
@@ -116,27 +128,21 @@ async def model_preview(name: StyleName, services: ServicesDep) -> FileResponse:
 
 def render_painting(services: Services, style: str) -> Path:
     """A small JPEG of the champion's painting, made once per version and kept on disk."""
-    try:
-        version = get_version(services.registry(), style)
-    except ModelNotFoundError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
-    target = services.settings.var_dir / "previews" / version.name / f"{version.version}.painting.jpg"
-    if target.exists():
-        return target
-    source = painting_path(champion_config(services, version.name, version.version), services.settings.styles_dir)
-    if source is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is not on this server")
-    try:
-        painting = open_image(source)
-    except ImageError as e:
-        log.error("painting unreadable: %s", e)
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is unreadable") from None
-    painting.thumbnail((PAINTING_SIDE, PAINTING_SIDE))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial.jpg")
-    painting.convert("RGB").save(partial, "JPEG", quality=85)
-    partial.replace(target)
-    return target
+
+    def make(version: ModelVersion) -> Image.Image:
+        config = champion_config(services, version.name, version.version)
+        source = painting_path(config, services.settings.styles_dir)
+        if source is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is not on this server")
+        try:
+            painting = open_image(source)
+        except ImageError as e:
+            log.error("painting unreadable: %s", e)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is unreadable") from None
+        painting.thumbnail((PAINTING_SIDE, PAINTING_SIDE))
+        return painting
+
+    return _cached_jpeg(services, style, ".painting.jpg", make)
 
 
 @router.get(
