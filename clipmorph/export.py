@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipmorph.artifact import ModelInfo, load_model
+from clipmorph.artifact import WEIGHTS, ModelInfo, load_model, sha256_file
 from clipmorph.network import Stylizer, fold_batch_norm, pad_to_multiple
 
 ONNX_FILE = "model.onnx"  # next to model.safetensors in a model folder and in the registry
@@ -94,8 +94,6 @@ def onnx_for(model_dir: Path, cache_dir: Path) -> Path:
     shipped = Path(model_dir) / ONNX_FILE
     if shipped.exists():
         return shipped
-    from clipmorph.artifact import WEIGHTS, sha256_file
-
     cached = cache_dir / f"{sha256_file(Path(model_dir) / WEIGHTS)[:16]}.onnx"
     if not cached.exists():
         export_onnx(Path(model_dir), cached)

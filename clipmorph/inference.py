@@ -19,7 +19,7 @@ import torch
 from PIL import ImageOps
 
 from clipmorph import export, registry
-from clipmorph.artifact import ModelInfo, load_model
+from clipmorph.artifact import ModelInfo, load_model, read_info
 from clipmorph.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
 from clipmorph.tiling import stylize_tiled
@@ -106,7 +106,7 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     if runtime not in ("auto", "torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnx")
     resolved = registry.resolve(ref)
-    model, info = load_model(resolved.path, device="cpu")
+    info = read_info(resolved.path)  # enough to choose the runtime; the torch weights load only if used
     on_cpu = resolve_device(device).type == "cpu"
     if runtime == "onnx" and not (on_cpu and export.exportable(info)):
         raise ValueError("the onnx runtime runs on the CPU only, for models without instance norm; use --runtime torch")
@@ -114,6 +114,7 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
         onnx_path = export.onnx_for(resolved.path, settings.var_dir / "onnx")
         runner = export.OnnxStylizer(onnx_path, info)
         return LoadedModel(runner, info, resolved.name, resolved.version)
+    model, info = load_model(resolved.path, device="cpu")
     return LoadedModel(prepare(model, device), info, resolved.name, resolved.version)
 
 
