@@ -25,11 +25,23 @@ def content_loss(output_feat: torch.Tensor, content_feat: torch.Tensor) -> torch
     return F.mse_loss(output_feat, content_feat)
 
 
-def style_loss(output_grams: dict[str, torch.Tensor], style_grams: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over layers of the MSE between Gram matrices (style grams broadcast over the batch)."""
+def style_loss(
+    output_grams: dict[str, torch.Tensor], style_grams: dict[str, torch.Tensor], balanced: bool = False
+) -> torch.Tensor:
+    """Sum over layers of the MSE between Gram matrices (style grams broadcast over the batch).
+
+    balanced: divide each layer's MSE by the mean square of its target Gram, i.e. the squared
+    relative distance that `quality.style_distance` grades. Raw Gram magnitudes differ about
+    10x between relu1_1 and relu3_1, so unbalanced the deeper layers, which carry the
+    painting's larger shapes, count for little.
+    """
     total = torch.zeros((), device=next(iter(output_grams.values())).device)
     for layer, g in output_grams.items():
-        total = total + F.mse_loss(g, style_grams[layer].expand_as(g))
+        target = style_grams[layer]
+        term = F.mse_loss(g, target.expand_as(g))
+        if balanced:
+            term = term / target.pow(2).mean().clamp_min(1e-12)
+        total = total + term
     return total
 
 

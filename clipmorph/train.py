@@ -43,6 +43,9 @@ class TrainConfig:
     lr: float = 2e-3
     content_weight: float = 0.25
     style_weight: float = 1e5
+    # Each style layer's Gram error relative to the painting's (losses.style_loss); the weight for that
+    # is about 1e-3 of the unbalanced one.
+    style_balanced: bool = False
     tv_weight: float = 10.0
     # Dense small noise on a moved copy (losses.temporal_noise_loss), at a weight where the term counts:
     # against strokes made of amplified noise, which flicker (docs/training.md, third round).
@@ -299,7 +302,7 @@ def loss_terms(
         out_grams |= {f"{layer}@{scale:g}": losses.gram(feats_at_scale[layer].float()) for layer in cfg.style_layers}
     terms = {
         "content": cfg.content_weight * losses.content_loss(feats[cfg.content_layer].float(), content_target.float()),
-        "style": cfg.style_weight * losses.style_loss(out_grams, style_grams),
+        "style": cfg.style_weight * losses.style_loss(out_grams, style_grams, cfg.style_balanced),
         "tv": cfg.tv_weight * losses.tv_loss(y.float()),
     }
     if cfg.structure_weight > 0:

@@ -87,3 +87,14 @@ def test_shifted_temporal_loss_passes_a_shift_equivariant_network_and_flags_a_la
         ]
     # Any shift but a multiple of 8 rows moves the lines off the lattice; a pure column shift does not.
     assert max(shifted) > 0.01
+
+
+def test_balanced_style_loss_is_the_squared_relative_distance_per_layer():
+    # Two layers whose Gram magnitudes differ 100x: unbalanced, the big one dominates; balanced,
+    # each counts its squared relative error ||G - T||^2 / ||T||^2, as the quality metric grades it.
+    small, big = torch.full((1, 2, 2), 0.01), torch.full((1, 2, 2), 1.0)
+    out = {"a": small * 1.5, "b": big * 1.1}
+    target = {"a": small, "b": big}
+    assert torch.isclose(losses.style_loss(out, target), torch.tensor(0.005**2 + 0.1**2))  # ~all "b"
+    balanced = losses.style_loss(out, target, balanced=True)
+    assert torch.isclose(balanced, torch.tensor(0.5**2 + 0.1**2))
