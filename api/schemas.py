@@ -67,9 +67,9 @@ class ImageForm(StyleForm):
 
 
 class Progress(BaseModel):
-    done: int = Field(description="Frames stylized so far.")
-    total: int | None = Field(None, description="Frames in the video, when known.")
-    fps: float = Field(0.0, description="Frames stylized per second.")
+    done: int = Field(description="Frames stylized so far (an image job: network passes, one per tile and one more).")
+    total: int | None = Field(None, description="Frames in the video, when known (an image job: passes in all).")
+    fps: float = Field(0.0, description="Frames (an image job: passes) per second.")
     eta_seconds: float | None = None
 
 
@@ -88,6 +88,21 @@ class JobCreated(BaseModel):
     status_url: str
     result_url: str
     input: VideoSummary
+
+
+class ImageSummary(BaseModel):
+    width: int
+    height: int
+
+
+class ImageJobCreated(BaseModel):
+    """POST /v1/images for an image over CLIPMORPH_MAX_SYNC_IMAGE_PIXELS: a job, as POST /v1/jobs makes one."""
+
+    id: str
+    status: JobState
+    status_url: str
+    result_url: str = Field(description="The stylized image once finished, at the input's size and in its format.")
+    input: ImageSummary
 
 
 class Job(BaseModel):

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # 1280x720, what the pipeline benchmarks ran); a frame over it on its own is stylized in tiles of tile_pixels.
     batch_pixels: int = Field(4 * 1280 * 720, description="Most network-input pixels in one inference batch.")
     max_image_pixels: int = 60_000_000
+    max_sync_image_pixels: int = Field(
+        2048 * 2048,
+        description="POST /v1/images answers with the image up to this many pixels; past it, 202 and a job that a "
+        "worker stylizes (in tiles, at the image's full size) instead of the API process.",
+    )
     tile_pixels: int = 1024 * 1024
     # On a 2-core CPU the encoder competes with the network: "medium" held the pipeline to 83% of
     # network-alone frames/s at 640x360, "veryfast" to 87% (benchmarks/bench_pipeline.py).

@@ -1,8 +1,14 @@
 """RQ jobs: plain functions a worker runs, plus how the API enqueues them.
 
-A job's id is the UUID of its folder (worker.files.JobFiles). Its meta holds
-what a status request shows while it runs: the model name and version in use,
-and progress (frames done/total, fps, ETA), saved at most twice a second.
+Two kinds: a video (stylize_job) and a still image too large to stylize in the
+API's request (stylize_image_job, from POST /v1/images past
+settings.max_sync_image_pixels). A job's id is the UUID of its folder
+(worker.files.JobFiles). Its meta holds what a status request shows while it
+runs: the model name and version in use, and progress (frames, or for an image
+network passes, done/total, their rate, ETA), saved at most twice a second.
+An image is stylized at the size its options ask for, in tiles of
+settings.tile_pixels above that many network pixels (clipmorph.tiling), and
+written at the input's own size.
 
 Failures: bad input (VideoError, including a limit found mid-stream), an
 unknown style or a missing input fail the job at once, with a message for the
@@ -21,16 +27,19 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import PIL.Image
 import redis
 from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.job import Job, get_current_job
 
-from clipmorph.inference import ImageError, StylizeOptions, norm_smoothing
+from clipmorph import tiling
+from clipmorph.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import Settings, get_settings
 from clipmorph.video import (
@@ -68,6 +77,14 @@ class InputMissing(LookupError):
 # Failures that would repeat on every attempt: never retried.
 DETERMINISTIC_ERRORS = (VideoError, ImageError, ModelNotFoundError, InputMissing)
 
+# An image job's result, by the `format` of POST /v1/images: (file name in the job's folder, media type).
+IMAGE_RESULTS = {
+    "png": ("output.png", "image/png"),
+    "jpeg": ("output.jpg", "image/jpeg"),
+    "webp": ("output.webp", "image/webp"),
+}
+UNREADABLE_IMAGE = "not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF file)"
+
 
 def models() -> ModelCache:
     """The process-wide model cache: models stay loaded from one job to the next."""
@@ -92,21 +109,90 @@ def job_timeout(frames: int | None, width: int, height: int, settings: Settings)
 def enqueue_stylize(
     queue: Queue, job_id: str, style: str, options: dict[str, Any], info: VideoInfo, settings: Settings
 ) -> Job:
+    return _enqueue(
+        queue,
+        stylize_job,
+        job_id,
+        style,
+        options,
+        settings,
+        description=f"stylize video {job_id} as {style}",
+        timeout=job_timeout(info.frames, info.width, info.height, settings),
+        meta={"frames": info.frames},
+    )
+
+
+def enqueue_stylize_image(
+    queue: Queue, job_id: str, style: str, options: dict[str, Any], size: tuple[int, int], settings: Settings
+) -> Job:
+    """Queue the image in the job's folder; options: max_side, strength, format (a key of IMAGE_RESULTS)."""
+    if options.get("format") not in IMAGE_RESULTS:
+        raise ValueError(f"format must be one of {', '.join(IMAGE_RESULTS)}")
+    width, height = size
+    return _enqueue(
+        queue,
+        stylize_image_job,
+        job_id,
+        style,
+        options,
+        settings,
+        description=f"stylize image {job_id} as {style}",
+        timeout=job_timeout(1, width, height, settings),  # one frame of the input's size: an upper bound
+        meta={"kind": "image", "width": width, "height": height},
+    )
+
+
+def _enqueue(
+    queue: Queue,
+    func: Callable[..., Any],
+    job_id: str,
+    style: str,
+    options: dict[str, Any],
+    settings: Settings,
+    description: str,
+    timeout: int,
+    meta: dict[str, Any],
+) -> Job:
     ttl = settings.job_ttl_seconds
     return queue.enqueue(
-        stylize_job,
+        func,
         style,
         options,
         job_id=job_id,
-        description=f"stylize video {job_id} as {style}",
-        job_timeout=job_timeout(info.frames, info.width, info.height, settings),
+        description=description,
+        job_timeout=timeout,
         ttl=ttl,  # a job still queued after this is dropped
         result_ttl=ttl,
         failure_ttl=ttl,
         retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
         on_failure=Callback(remove_partials),
-        meta={"style": style, "options": options, "frames": info.frames, "progress": None},
+        meta={"style": style, "options": options, "progress": None, **meta},
     )
+
+
+def result_file(files: JobFiles, meta: dict[str, Any]) -> tuple[Path, str]:
+    """A job's output and its media type: output.mp4 for a video, the image job's file in its format."""
+    if meta.get("kind") == "image":
+        name, media_type = IMAGE_RESULTS[(meta.get("options") or {}).get("format", "png")]
+        return files.dir / name, media_type
+    return files.output, "video/mp4"
+
+
+def image_refusal(path: Path, max_pixels: int) -> tuple[bool, str]:
+    """Why an image cannot be stylized, in words of our own (PIL's messages name the server's file).
+
+    -> (too large, message): over `max_pixels` by its header, else not readable.
+    """
+    try:
+        with PIL.Image.open(path) as img:  # reads the header only
+            pixels = img.width * img.height
+    except PIL.Image.DecompressionBombError:
+        pixels = max_pixels + 1
+    except Exception:  # any other failure to read it: not an image we can read
+        pixels = 0
+    if pixels > max_pixels:
+        return True, f"image too large: more than {max_pixels} pixels"
+    return False, UNREADABLE_IMAGE
 
 
 def remove_partials(
@@ -121,12 +207,18 @@ def remove_partials(
 
 
 class ProgressReporter:
-    """Progress callback for stylize_video: writes job.meta["progress"] at most every PROGRESS_SAVE_SECONDS."""
+    """Progress callback for stylize_video: writes job.meta["progress"] at most every PROGRESS_SAVE_SECONDS.
 
-    def __init__(self, job: Job, connection: Redis, interval: float = PROGRESS_SAVE_SECONDS) -> None:
+    `count_frames`: add the frames done to the frames-stylized counter (not for an image's network passes).
+    """
+
+    def __init__(
+        self, job: Job, connection: Redis, interval: float = PROGRESS_SAVE_SECONDS, count_frames: bool = True
+    ) -> None:
         self.job = job
         self.connection = connection
         self.interval = interval
+        self.count_frames = count_frames
         self._saved_at = -math.inf
         self._frames_counted = 0
 
@@ -139,7 +231,8 @@ class ProgressReporter:
         self.job.meta["progress"] = dataclasses.asdict(progress)
         try:
             self.job.save_meta()
-            self.connection.incrby(FRAMES_COUNTER_KEY, progress.done - self._frames_counted)
+            if self.count_frames:
+                self.connection.incrby(FRAMES_COUNTER_KEY, progress.done - self._frames_counted)
         except redis.RedisError:
             # The connection already retried for worker_redis_patience_seconds: progress is only for show,
             # so the frames go on; the next report saves it again (and counts these frames).
@@ -157,7 +250,11 @@ def _no_retry(job: Job, message: str | None = None) -> None:
 
 
 def _client_message(error: BaseException, source: Path | None) -> str:
-    """What the client reads, worded as the upload's refusals are (api.routers.jobs.probe_upload)."""
+    """What the client reads, worded as the upload's refusals are (api.routers.jobs.probe_upload, images)."""
+    if isinstance(error, ImageError):
+        if source is None:
+            return UNREADABLE_IMAGE
+        return image_refusal(source, get_settings().max_image_pixels)[1]
     if isinstance(error, VideoLimitError):
         return f"video too large: {public_message(error, source or Path())}"
     if isinstance(error, VideoError):
@@ -174,9 +271,19 @@ def _cancelled_by_delete(job: Job) -> bool:
 
 def stylize_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's uploaded video with the style's current champion; -> what was made and with which model."""
+    return _run(lambda job, files, source: _stylize(job, files, source, style, options), "video")
+
+
+def stylize_image_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Stylize the job's uploaded image with the style's current champion, at the input's size, tiled."""
+    return _run(lambda job, files, source: _stylize_image(job, files, source, style, options), "image")
+
+
+def _run(stylize: Callable[[Job, JobFiles, Path], dict[str, Any]], kind: str) -> dict[str, Any]:
+    """A job's life around `stylize`: cancellation, the end settled once, failures kept or not retried."""
     job = get_current_job()
     if job is None:
-        raise RuntimeError("stylize_job runs inside an RQ worker")
+        raise RuntimeError("jobs run inside an RQ worker")
     settings = get_settings()
     files = JobFiles.of(settings.jobs_dir, job.id)
     files.remove_partials()  # left by an earlier attempt whose worker was killed
@@ -184,8 +291,8 @@ def stylize_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
     try:
         if settle.is_cancelled(job.connection, job.id):
             raise JobCancelled(f"job {job.id} cancelled")
-        source = _input_of(files)
-        result = _stylize(job, files, source, style, options)
+        source = _input_of(files, kind)
+        result = stylize(job, files, source)
         if settle.finish(job.connection, job.id, settings.job_ttl_seconds) != settle.FINISHED:
             raise JobCancelled(f"job {job.id} cancelled")  # a DELETE came first: it wins
         return result
@@ -200,11 +307,11 @@ def stylize_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
         raise  # anything else (a timeout, a worker shutting down, Redis) keeps its retries
 
 
-def _input_of(files: JobFiles) -> Path:
+def _input_of(files: JobFiles, kind: str = "video") -> Path:
     try:
         return files.find_input()
     except FileNotFoundError:
-        raise InputMissing("the job's video is gone (deleted or expired)") from None
+        raise InputMissing(f"the job's {kind} is gone (deleted or expired)") from None
 
 
 def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -233,4 +340,82 @@ def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[
         "height": info.height,
         "duration": info.duration,
         "has_audio": info.has_audio,
+    }
+
+
+class _CountedPasses:
+    """A model that counts its network passes, for an image job's progress, and stops between them on request.
+
+    stylize_array makes one pass, or above tile_pixels (clipmorph.tiling.stylize_tiled) one on the
+    downscaled image for the norm statistics and one per tile. Everything else is the model's own.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        total: int,
+        progress: Callable[[Progress], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        self._model = model
+        self._total = total
+        self._progress = progress
+        self._should_cancel = should_cancel
+        self._done = 0
+        self._started = time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, x: Any) -> Any:
+        if self._should_cancel():
+            raise StylizeCancelled
+        y = self._model(x)
+        self._done += 1
+        total = max(self._total, self._done)
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        self._progress(Progress(self._done, total, round(rate, 3), round((total - self._done) / rate, 1)))
+        return y
+
+
+def image_passes(model: Any, width: int, height: int, max_side: int | None, tile_pixels: int) -> int:
+    """Network passes for an image of width x height: 1 untiled, else the statistics pass and one per tile,
+    cut as clipmorph.tiling.stylize_tiled cuts them."""
+    w, h = network_size(width, height, max_side, model)
+    if w * h <= tile_pixels:
+        return 1
+    align = model.config.stride
+    tile = max(4 * align, math.isqrt(tile_pixels) // align * align)
+    overlap = min(tiling.DEFAULT_OVERLAP, tile // 2) // align * align
+    return 1 + len(tiling.spans(h, tile, overlap, align)) * len(tiling.spans(w, tile, overlap, align))
+
+
+def _stylize_image(job: Job, files: JobFiles, source: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
+    loaded = models().get(style)
+    job.meta.update(model_name=loaded.name, model_version=loaded.version)
+    job.save_meta()
+    output, _ = result_file(files, job.meta)
+    log.info("job %s: %s with %s v%s", job.id, source.name, loaded.name, loaded.version)
+    stylize_options = StylizeOptions(max_side=options.get("max_side"), strength=options.get("strength", 1.0))
+    width, height = job.meta.get("width") or 0, job.meta.get("height") or 0
+    total = image_passes(loaded.model, width, height, stylize_options.max_side, get_settings().tile_pixels)
+    model = _CountedPasses(
+        loaded.model,
+        total,
+        ProgressReporter(job, job.connection, count_frames=False),
+        lambda: cancel_requested.is_set() or _cancelled_by_delete(job),
+    )
+    try:
+        # Written to a hidden .partial file and renamed when complete; the output has the input's (displayed) size.
+        stylize_image(model, source, output, stylize_options)
+    except StylizeCancelled:
+        raise JobCancelled(f"job {job.id} cancelled") from None
+    with PIL.Image.open(output) as result:
+        size = result.size
+    return {
+        "model_name": loaded.name,
+        "model_version": loaded.version,
+        "width": size[0],
+        "height": size[1],
+        "format": options.get("format"),
     }

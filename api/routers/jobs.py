@@ -30,7 +30,7 @@ from clipmorph.settings import Settings
 from clipmorph.video import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
 from worker import settle
 from worker.files import JobFiles, input_suffix
-from worker.jobs import enqueue_stylize
+from worker.jobs import enqueue_stylize, result_file
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -158,19 +158,26 @@ def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schem
 @result_router.get(
     "/{job_id}/result",
     response_class=FileResponse,
-    summary="The stylized video (supports HTTP Range; bearer token, or the signed query of the job's stream_url)",
-    responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "Partial content"}, 409: {}, 410: {}},
+    summary="The stylized video or image (supports HTTP Range; bearer token, or the signed query of the job's "
+    "stream_url)",
+    responses={
+        200: {"content": {"video/mp4": {}, "image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        206: {"description": "Partial content"},
+        409: {},
+        410: {},
+    },
 )
 def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
     job = _job_or_404(services, job_id)
     state = jobstate.state_of(job, settle.ended(services.redis, job.id))
     if state is not schemas.JobState.finished:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state.value}, there is no result yet")
-    output = JobFiles.of(services.settings.jobs_dir, job_id).output
+    # A video's output.mp4, or an image job's image (api.routers.images) in the format it asked for.
+    output, media_type = result_file(JobFiles.of(services.settings.jobs_dir, job_id), job.get_meta(refresh=False))
     if not output.exists():
         raise HTTPException(status.HTTP_410_GONE, f"the result of job {job_id} was deleted or has expired")
     # Starlette's FileResponse answers Range requests (206 + Content-Range) itself.
-    return FileResponse(output, media_type="video/mp4", filename=f"{job_id}.mp4")
+    return FileResponse(output, media_type=media_type, filename=f"{job_id}{output.suffix}")
 
 
 @router.delete(
