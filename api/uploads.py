@@ -5,12 +5,21 @@ files of any size to a temp dir, so a cap could only be checked afterwards.
 Here python-multipart's streaming parser feeds the file part straight into the
 caller's sink chunk by chunk, counting bytes: an upload over the cap is
 refused with 413 as soon as it crosses it (or at once, from Content-Length).
+
+What one upload may hold is bounded: the whole body must arrive within a deadline (408),
+one client may have at most `max_uploads_per_client` bodies arriving at once (429), and
+the free-disk check counts the bytes that uploads still arriving have announced (507).
+These are per API process: the local stack and docker-compose run one.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +32,72 @@ MAX_FIELD_BYTES = 4096
 MAX_PARTS = 32
 # Room for the form fields and multipart boundaries around the file in Content-Length.
 FORM_OVERHEAD_BYTES = MAX_PARTS * (MAX_FIELD_BYTES + 512)
+# What a client refused for having too many uploads in progress is told to wait (an upload slot frees
+# as soon as any of its uploads has arrived).
+BUSY_RETRY_SECONDS = 1
+
+
+class UploadGate:
+    """The upload bodies an API process is receiving: how many per client, and the bytes still to come."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client  # 0: no limit
+        self.active: Counter[str] = Counter()
+        self._remaining: dict[int, int] = {}  # upload -> bytes it announced and has not written yet
+        self._ids = count()
+
+    @property
+    def reserved(self) -> int:
+        """Disk the uploads in progress will still take (their Content-Length, less what they have written)."""
+        return sum(self._remaining.values())
+
+    @contextmanager
+    def hold(self, client: str, incoming: int) -> Iterator[int]:
+        """A slot for one upload from `client` (429 when it has `per_client` already); -> the upload's key."""
+        if self.per_client and self.active[client] >= self.per_client:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many uploads in progress from this client (at most {self.per_client} at a time); "
+                "try again when one has arrived",
+                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+            )
+        key = next(self._ids)
+        self.active[client] += 1
+        self._remaining[key] = incoming
+        try:
+            yield key
+        finally:
+            self.active[client] -= 1
+            if self.active[client] <= 0:
+                del self.active[client]
+            del self._remaining[key]
+
+    def wrote(self, key: int, size: int) -> None:
+        self._remaining[key] = max(0, self._remaining[key] - size)
+
+
+def upload_gate(request: Request) -> UploadGate | None:
+    """The app's gate, made on first use from its settings (None outside an app, as in unit tests)."""
+    app = request.scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None)
+    if services is None:
+        return None
+    gate = getattr(app.state, "upload_gate", None)
+    if gate is None:
+        gate = app.state.upload_gate = UploadGate(services.settings.max_uploads_per_client)
+    return gate
+
+
+def client_key(request: Request) -> str:
+    """Who an upload is from, for the per-client limit: the peer address (behind a proxy, run uvicorn
+    with --proxy-headers and --forwarded-allow-ips so that this is the client's, not the proxy's)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _incoming(request: Request, max_file_bytes: int) -> int:
+    """The bytes an upload will bring: its Content-Length, or the cap when it declares none."""
+    declared = request.headers.get("content-length", "")
+    return min(int(declared), max_file_bytes + FORM_OVERHEAD_BYTES) if declared.isdigit() else max_file_bytes
 
 
 @dataclass
@@ -133,11 +208,16 @@ def _too_large(limit: int) -> HTTPException:
 
 
 def ensure_disk_space(request: Request, folder: Path, max_file_bytes: int, min_free_bytes: int) -> None:
-    """507 before reading the body when the upload would leave less than `min_free_bytes` on the disk."""
-    declared = request.headers.get("content-length", "")
-    incoming = int(declared) if declared.isdigit() else max_file_bytes
+    """507 before reading the body when the upload would leave less than `min_free_bytes` on the disk.
+
+    Uploads still arriving count with what they have yet to write: twenty 500 MB uploads that start
+    together must not each see the same free space. Call it right before `receive_form`, with no
+    await in between, so that no other upload starts between the check and the reservation.
+    """
+    gate = upload_gate(request)
+    reserved = gate.reserved if gate else 0
     folder.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(folder).free - incoming < min_free_bytes:
+    if shutil.disk_usage(folder).free - reserved - _incoming(request, max_file_bytes) < min_free_bytes:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server is out of disk space; try again later")
 
 
@@ -147,18 +227,26 @@ async def receive_form(
     """Stream a multipart/form-data body: its `file_field` file into `sink`, its text fields returned.
 
     A client that takes longer than `deadline_seconds` for the whole body gets 408: a slow upload would
-    otherwise hold a connection and a partial file for as long as it likes.
+    otherwise hold a connection and a partial file for as long as it likes. A client that already has
+    the app's `max_uploads_per_client` bodies arriving gets 429 before anything is read.
+    The caller deletes what `sink` holds when this raises.
     """
+    gate = upload_gate(request) or UploadGate(0)
     try:
-        with anyio.fail_after(deadline_seconds):
-            return await _receive(request, file_field, sink, max_file_bytes)
+        with (
+            gate.hold(client_key(request), _incoming(request, max_file_bytes)) as key,
+            anyio.fail_after(deadline_seconds),
+        ):
+            return await _receive(request, file_field, sink, max_file_bytes, lambda size: gate.wrote(key, size))
     except TimeoutError:
         raise HTTPException(
             status.HTTP_408_REQUEST_TIMEOUT, f"the upload took longer than {deadline_seconds:g} s"
         ) from None
 
 
-async def _receive(request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int) -> ReceivedForm:
+async def _receive(
+    request: Request, file_field: str, sink: BinaryIO, max_file_bytes: int, wrote: Callable[[int], None]
+) -> ReceivedForm:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -183,6 +271,7 @@ async def _receive(request: Request, file_field: str, sink: BinaryIO, max_file_b
             data = bytes(collector.pending)
             collector.pending.clear()
             await anyio.to_thread.run_sync(sink.write, data)
+            wrote(len(data))
     parser.finalize()
     if not collector.complete:
         raise _bad("the multipart body ended early (upload interrupted?)")

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # An upload is refused (507) unless the jobs disk keeps this much free after it (the upload's declared
     # size, or max_upload_bytes when undeclared): results and other jobs need room too.
     min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
+    # Upload bodies one client (peer address) may be sending at once, per API process; past it, 429. 0: no limit.
+    max_uploads_per_client: int = 4
     max_image_upload_bytes: int = 32 * 1024 * 1024
     job_ttl_seconds: int = 24 * 3600
     # How long a job's signed stream_url stays valid: long enough to watch a result, short enough to be

@@ -102,6 +102,9 @@ def live(tmp_path_factory, assets, redis_url):
             "CLIPMORPH_WORKER_HEARTBEAT_GRACE_SECONDS": "2",
             "CLIPMORPH_WORKER_MAINTENANCE_SECONDS": "1",
             "CLIPMORPH_JOB_RETRIES": "1",
+            # Ten uploads at a time from one address (test_twenty_concurrent_uploads_all_finish); the default
+            # of 4 and its 429s are tested in test_uploads.py and test_chaos.py.
+            "CLIPMORPH_MAX_UPLOADS_PER_CLIENT": "10",
             "WANDB_MODE": "disabled",
             "OMP_NUM_THREADS": "1",  # two workers on a small shared machine
         }

@@ -89,6 +89,8 @@ def _urls(request: Request, job_id: str) -> tuple[str, str]:
     responses={
         413: {"description": "Upload, frames, frame count or duration over a limit"},
         507: {"description": "Not enough free disk space for the upload"},
+        408: {"description": "The upload took longer than the upload deadline"},
+        429: {"description": "Too many uploads in progress from this client; see Retry-After"},
         422: {"description": "Not a video, or unknown style"},
         503: {"description": "The job queue (Redis) is unavailable; see Retry-After"},
     },
