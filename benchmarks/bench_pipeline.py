@@ -8,26 +8,50 @@ The pipeline hides decoding and encoding behind inference when its frames/s is
 close to the network's (target: >= 85 %). Peak RSS is the process's high-water
 mark during each run (reset through /proc/self/clear_refs).
 
+--models runs real model folders or registered names the way `clipmorph stylize` loads them
+(load_stylizer: onnxruntime where it can), and --whole-process also times the `clipmorph stylize`
+command itself, start-up included. --profile CLIP instead runs each stage of the pipeline alone over
+every frame of CLIP and prints its wall and CPU time per frame (the CPU time, of all threads, is what
+the stages compete for on a small machine and is little disturbed by other load).
+
     python benchmarks/bench_pipeline.py [--frames 48] [--presets fast,standard] [--sizes 640x360,1280x720]
+        [--models models/kanagawa] [--whole-process]
+    python benchmarks/bench_pipeline.py --profile clip.mp4 --models models/kanagawa
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 
-from clipmorph.inference import StylizeOptions, prepare, resolve_device, stylize_frames
+from clipmorph import stabilize
+from clipmorph.inference import (
+    StylizeOptions,
+    load_stylizer,
+    network_size,
+    prepare,
+    resize,
+    resolve_device,
+    stylize_frames,
+)
 from clipmorph.network import build
 from clipmorph.settings import REPO_ROOT, get_settings
-from clipmorph.video import stylize_video
+from clipmorph.video import probe, stylize_video
 
 RESULTS = REPO_ROOT / "bench-results" / "pipeline.json"
 
@@ -82,21 +106,50 @@ def pipeline_fps(model, clip: Path, out: Path, options: StylizeOptions, frames: 
     return frames / (time.perf_counter() - start)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple[float, float]:
+    """(wall s, CPU s) of the whole `clipmorph stylize` process, start-up included."""
+    code = "import sys; from clipmorph.cli import app; sys.argv[0] = 'clipmorph'; app()"
+    argv = [sys.executable, "-c", code, "stylize", str(clip), str(out), "--model", model]
+    cpu, start = _children_cpu(), time.perf_counter()
+    subprocess.run([*argv, "--stabilize", stabilize_mode], check=True, capture_output=True)
+    return time.perf_counter() - start, _children_cpu() - cpu
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--presets", default="fast", help="comma-separated: fast,standard,johnson")
+    p.add_argument("--presets", default="fast", help="comma-separated: fast,standard,johnson ('' for none)")
+    p.add_argument("--models", default="", help="comma-separated model folders or registered names")
+    p.add_argument("--whole-process", action="store_true", help="also time `clipmorph stylize` for --models")
     p.add_argument("--sizes", default="640x360,1280x720")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--stabilize", default="none,both", help="pipeline stabilisation modes to time")
     p.add_argument("--repeat", type=int, default=2, help="best of N runs (shared machines are noisy)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--profile", type=Path, help="time each stage alone on this clip (with the first of --models)")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
 
+def _subjects(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[str, object, str | None]]:
+    """(label, model, reference for the CLI or None) for each preset and model asked for."""
+    for preset in filter(None, args.presets.split(",")):
+        torch.manual_seed(0)
+        yield preset, prepare(build(preset), device), None
+    for ref in filter(None, args.models.split(",")):
+        loaded = load_stylizer(ref, args.device)
+        yield Path(ref).name, loaded.model, ref
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.profile:
+        return [profile_stages(args.profile, args.models.split(",")[0], args.batch_size)]
     device = resolve_device(args.device)
     source = get_settings().assets_dir / "videos" / "bigbuckbunny.mp4"
     rows: list[dict] = []
@@ -105,9 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             size = tuple(int(v) for v in size_text.split("x"))
             clip = make_clip(source, Path(tmp) / f"clip-{size_text}.mp4", size, args.frames)
             frames = decoded(clip)
-            for preset in args.presets.split(","):
-                torch.manual_seed(0)
-                model = prepare(build(preset), device)
+            for label, model, ref in _subjects(args, device):
                 reset_peak_rss()
                 net = max(network_fps(model, frames, args.batch_size, device) for _ in range(args.repeat))
                 net_rss = peak_rss_mb()
@@ -116,26 +167,105 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     reset_peak_rss()
                     out = Path(tmp) / "out.mp4"
                     pipe = max(pipeline_fps(model, clip, out, options, len(frames)) for _ in range(args.repeat))
-                    rows.append(
-                        {
-                            "preset": preset,
-                            "size": size_text,
-                            "stabilize": mode,
-                            "frames": len(frames),
-                            "device": str(device),
-                            "x264_preset": get_settings().x264_preset,
-                            "network_fps": round(net, 2),
-                            "pipeline_fps": round(pipe, 2),
-                            "ratio": round(pipe / net, 3),
-                            "network_peak_rss_mb": round(net_rss, 1),
-                            "pipeline_peak_rss_mb": round(peak_rss_mb(), 1),
-                        }
-                    )
+                    row = {
+                        "preset": label,
+                        "size": size_text,
+                        "stabilize": mode,
+                        "frames": len(frames),
+                        "device": str(device),
+                        "x264_preset": get_settings().x264_preset,
+                        "network_fps": round(net, 2),
+                        "pipeline_fps": round(pipe, 2),
+                        "ratio": round(pipe / net, 3),
+                        "network_peak_rss_mb": round(net_rss, 1),
+                        "pipeline_peak_rss_mb": round(peak_rss_mb(), 1),
+                    }
+                    if ref is not None and args.whole_process:
+                        wall, cpu = min(process_run(clip, out, ref, mode) for _ in range(args.repeat))
+                        row |= {"process_fps": round(len(frames) / wall, 2), "process_cpu_s": round(cpu, 2)}
+                    rows.append(row)
                     print_row(rows[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out}")
     return rows
+
+
+class _Stages:
+    """Wall and process CPU time (every thread) per named stage, summed over calls."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        total = self.times.setdefault(name, [0.0, 0.0])
+        total[0] += time.perf_counter() - wall
+        total[1] += time.process_time() - cpu
+
+
+def profile_stages(clip: Path, ref: str, batch_size: int = 4) -> dict:
+    """Each stage of `clipmorph stylize` alone over every frame of `clip`, default settings (flow on)."""
+    stage = _Stages()
+    with stage("start-up: load the model (onnxruntime session)"):
+        model = load_stylizer(ref).model
+    with stage("probe the input (packet scan, first frame)"):
+        info = probe(clip)
+    with stage("decode (PyAV/FFmpeg, frame threads)"), av.open(str(clip)) as container:
+        container.streams.video[0].thread_type = "AUTO"
+        decoded_frames = list(container.decode(video=0))
+    with stage("colour conversion in (yuv420p -> RGB)"):
+        originals = [f.to_ndarray(format="rgb24") for f in decoded_frames]
+    del decoded_frames
+    n = len(originals)
+    net_size = network_size(info.width, info.height, None, model)
+    with stage(f"scale to the network's {net_size[0]}x{net_size[1]}"):
+        rgb = [resize(x, net_size) for x in originals]
+    stylize_frames(model, np.stack(rgb[:batch_size]))  # warm-up
+    with stage(f"network (batches of {batch_size}, with tensor conversions)"):
+        batches = [np.stack(rgb[i : i + batch_size]) for i in range(0, n, batch_size)]
+        stylized = [y for batch in batches for y in stylize_frames(model, batch)]
+    with stage(f"flow: grey + downscale to {stabilize.FLOW_MAX_SIDE} px"):
+        small = [stabilize.flow_frame(x) for x in rgb]
+    dis = cv2.DISOpticalFlow_create(stabilize.FLOW_PRESET)
+    with stage("flow: DIS, both directions"):
+        for a, b in itertools.pairwise(small):
+            dis.calc(b, a, None)
+            dis.calc(a, b, None)
+    with stage("flow: whole motion stage (the above + occlusion mask, blur, upscale)"):
+        track = stabilize.MotionTracker()
+        motions = [track(x) for x in rgb]
+    with stage("stabiliser: warp previous output + blend"):
+        stabilizer = stabilize.FlowStabilizer()
+        finished = [stabilizer(y, m) for y, m in zip(stylized, motions, strict=True)]
+    with stage(f"scale back to {info.width}x{info.height}"):
+        finished = [resize(y, (info.width, info.height)) for y in finished]
+    with tempfile.TemporaryDirectory() as tmp:
+        with stage("colour conversion out (RGB -> yuv420p)"):
+            yuv = [av.VideoFrame.from_ndarray(x, format="rgb24").reformat(format="yuv420p") for x in finished]
+        x264 = get_settings().x264_preset
+        with stage(f"encode (libx264 {x264}, crf 18) + mux"), av.open(f"{tmp}/out.mp4", "w") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = info.width, info.height, "yuv420p"
+            stream.options = {"crf": "18", "preset": x264}
+            for i, frame in enumerate(yuv):
+                frame.pts, frame.time_base = i, Fraction(1, 25)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        with stage("probe the output"):
+            probe(Path(f"{tmp}/out.mp4"))
+        wall, cpu = time.perf_counter(), time.process_time()
+        stylize_video(clip, Path(tmp) / "pipe.mp4", model, StylizeOptions(batch_size=batch_size))
+        pipeline = (time.perf_counter() - wall, time.process_time() - cpu)
+    print(f"{clip.name}: {n} frames {info.width}x{info.height}; per frame (start-up and probes: once)")
+    print(f"{'stage':72} {'wall ms':>8} {'CPU ms':>8}")
+    for name, (w, c) in stage.times.items():
+        per = 1 if name.startswith(("start-up", "probe")) else n
+        print(f"{name:72} {w / per * 1000:8.2f} {c / per * 1000:8.2f}")
+    print(f"{'stylize_video, all stages overlapped':72} {pipeline[0] / n * 1000:8.2f} {pipeline[1] / n * 1000:8.2f}")
+    return {"clip": str(clip), "frames": n, "stages": stage.times, "pipeline": pipeline}
 
 
 HEADER = f"{'preset':9} {'size':10} {'stabilize':9} {'net fps':>8} {'pipe fps':>8} {'ratio':>6} {'RSS MB':>7}"

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
+    from torchvision.transforms import v2  # torchvision (~1.5 s of imports): not at import time, see cli
+
     return v2.functional.to_dtype(v2.functional.pil_to_tensor(img), torch.float32, scale=True)
 
 
@@ -72,6 +73,8 @@ class PhotoDataset(Dataset):
         self.size = size
         self.frame_side = frame_side
         self.unreadable: set[Path] = set()
+        from torchvision.transforms import v2
+
         if frame_side:
             self.transform = v2.Compose([v2.RandomCrop(size), v2.RandomHorizontalFlip()])
         else:

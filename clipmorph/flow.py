@@ -7,32 +7,60 @@ position in `b`: a[y, x] ~ b[y + f[..., 1], x + f[..., 0]].
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 
-def _gray(img: np.ndarray) -> np.ndarray:
+def gray(img: np.ndarray) -> np.ndarray:
+    """HxWx3 RGB (uint8, or float in [0, 1]) or HxW -> HxW uint8 luma."""
     u8 = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255).astype(np.uint8)
     return cv2.cvtColor(u8, cv2.COLOR_RGB2GRAY) if u8.ndim == 3 else u8
 
 
-_DIS: dict[int, cv2.DISOpticalFlow] = {}
+_gray = gray  # the earlier private name
+# One DIS object per thread and preset: a DISOpticalFlow keeps buffers between calls, so two threads
+# (the video engine's motion stage and an evaluation, say) must not share one.
+_DIS = threading.local()
+
+
+def dis(preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> cv2.DISOpticalFlow:
+    """This thread's DIS optical flow object for `preset`."""
+    cache = _DIS.__dict__.setdefault("by_preset", {})
+    if preset not in cache:
+        cache[preset] = cv2.DISOpticalFlow_create(preset)
+    return cache[preset]
 
 
 def flow(a: np.ndarray, b: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
     """Dense flow from frame a to frame b, HxWx2 float32 (dx, dy)."""
-    if preset not in _DIS:
-        _DIS[preset] = cv2.DISOpticalFlow_create(preset)
-    return _DIS[preset].calc(_gray(a), _gray(b), None)
+    return dis(preset).calc(gray(a), gray(b), None)
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_grid(h: int, w: int) -> np.ndarray:
+    """HxWx2 float32 (x, y) of every pixel, read-only (cached: a video has one or two frame sizes)."""
+    grid = np.empty((h, w, 2), np.float32)
+    grid[..., 0] = np.arange(w, dtype=np.float32)
+    grid[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    grid.flags.writeable = False
+    return grid
 
 
 def warp(img: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Sample `img` at (x, y) + f: with f = flow(a, b), warp(b, f) lines b up with a."""
     h, w = f.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(img, grid_x + f[..., 0], grid_y + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    where = pixel_grid(h, w) + f
+    return cv2.remap(img, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _squared_norm(v: np.ndarray) -> np.ndarray:
+    """HxWx2 -> HxW x**2 + y**2; the same numbers as (v**2).sum(-1), which numpy computes several times slower."""
+    sq = v * v
+    return sq[..., 0] + sq[..., 1]
 
 
 def visible_mask(fwd: np.ndarray, bwd: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
@@ -44,10 +72,10 @@ def visible_mask(fwd: np.ndarray, bwd: np.ndarray, alpha: float = 0.01, beta: fl
     h, w = fwd.shape[:2]
     bwd_at_target = warp(bwd, fwd)
     round_trip = fwd + bwd_at_target
-    err = (round_trip**2).sum(-1)
-    tolerance = alpha * ((fwd**2).sum(-1) + (bwd_at_target**2).sum(-1)) + beta
-    grid_x, grid_y = np.meshgrid(np.arange(w), np.arange(h))
-    tx, ty = grid_x + fwd[..., 0], grid_y + fwd[..., 1]
+    err = _squared_norm(round_trip)
+    tolerance = alpha * (_squared_norm(fwd) + _squared_norm(bwd_at_target)) + beta
+    grid = pixel_grid(h, w)
+    tx, ty = grid[..., 0] + fwd[..., 0], grid[..., 1] + fwd[..., 1]
     inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
     return (err <= tolerance) & inside
 

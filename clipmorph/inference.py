@@ -18,8 +18,8 @@ import PIL.Image
 import torch
 from PIL import ImageOps
 
-from clipmorph import export, registry
-from clipmorph.artifact import ModelInfo, load_model, read_info
+from clipmorph import export
+from clipmorph.artifact import CONFIG, ModelInfo, load_model, read_info
 from clipmorph.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
 from clipmorph.tiling import stylize_tiled
@@ -105,17 +105,23 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     runtime = runtime or settings.runtime
     if runtime not in ("auto", "torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnx")
-    resolved = registry.resolve(ref)
-    info = read_info(resolved.path)  # enough to choose the runtime; the torch weights load only if used
+    if (Path(ref) / CONFIG).exists():  # a model folder: no registry (and no mlflow import, ~1 s of start-up)
+        path, name, version = Path(ref), None, None
+    else:
+        from clipmorph import registry
+
+        resolved = registry.resolve(ref)
+        path, name, version = resolved.path, resolved.name, resolved.version
+    info = read_info(path)  # enough to choose the runtime; the torch weights load only if used
     on_cpu = resolve_device(device).type == "cpu"
     if runtime == "onnx" and not (on_cpu and export.exportable(info)):
         raise ValueError("the onnx runtime runs on the CPU only, for models without instance norm; use --runtime torch")
     if runtime == "onnx" or (runtime == "auto" and on_cpu and export.exportable(info)):
-        onnx_path = export.onnx_for(resolved.path, settings.var_dir / "onnx")
+        onnx_path = export.onnx_for(path, settings.var_dir / "onnx")
         runner = export.OnnxStylizer(onnx_path, info)
-        return LoadedModel(runner, info, resolved.name, resolved.version)
-    model, info = load_model(resolved.path, device="cpu")
-    return LoadedModel(prepare(model, device), info, resolved.name, resolved.version)
+        return LoadedModel(runner, info, name, version)
+    model, info = load_model(path, device="cpu")
+    return LoadedModel(prepare(model, device), info, name, version)
 
 
 def norm_smoothing(info: ModelInfo | None) -> float:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2.functional import to_pil_image
 from tqdm import tqdm
 
 from clipmorph import losses
@@ -201,6 +200,8 @@ def floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def save_image(img: torch.Tensor, path: Path) -> Path:
+    from torchvision.transforms.v2.functional import to_pil_image  # torchvision: only when an image is saved
+
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil_image(img.detach().clamp(0, 1).cpu()).save(path)
     return path

@@ -105,3 +105,39 @@ def test_several_renderings_share_one_flow_computation():
     together = flow.warping_errors(clip, [clip, noisy])
     assert together == pytest.approx([flow.warping_error(clip, clip), flow.warping_error(clip, noisy)])
     assert flow.pair_warping_error(clip[0], clip[1], noisy[0], noisy[1]) > together[0]
+
+
+def test_motion_tracker_matches_estimate_motion_and_recovers_the_shift():
+    from clipmorph.stabilize import MotionTracker, estimate_motion
+
+    clip = [(f * 255).astype(np.uint8) for f in translating_clip(3)]
+    track = MotionTracker()
+    motions = [track(f) for f in clip]
+    assert motions[0] is None
+    for prev, cur, m in zip(clip[:-1], clip[1:], motions[1:], strict=True):
+        ref = estimate_motion(prev, cur)
+        np.testing.assert_allclose(m.flow, ref.flow, atol=1e-4)
+        np.testing.assert_allclose(m.visible, ref.visible, atol=1e-5)
+        # Frame t's pixel sits SHIFT further along in frame t-1 (flow points back to t-1).
+        inner = m.visible > 0.99
+        assert inner.mean() > 0.6
+        assert np.median(np.abs(m.flow[inner] - np.float32(SHIFT))) < 0.3
+    # A new frame size restarts the tracking.
+    assert track(clip[0][:48, :64]) is None
+
+
+def test_flow_stabilizer_carries_the_previous_output_along_the_motion():
+    from clipmorph.stabilize import FlowStabilizer, MotionTracker
+
+    clip = [(f * 255).astype(np.uint8) for f in translating_clip(2)]
+    track, stab = MotionTracker(), FlowStabilizer(blend=0.8)
+    first = stab(clip[0], track(clip[0]))
+    np.testing.assert_array_equal(first, clip[0])  # nothing to blend with yet
+    flicker = np.clip(clip[1].astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    second = stab(flicker, track(clip[1]))
+    dx, dy = SHIFT
+    inner = (slice(dy + 4, -4), slice(dx + 4, -4))
+    # The stabilised frame is pulled most of the way back from the flickered one towards the moved first frame.
+    err_raw = np.abs(flicker[inner].astype(np.float32) - clip[1][inner]).mean()
+    err_stab = np.abs(second[inner].astype(np.float32) - clip[1][inner]).mean()
+    assert err_stab < 0.35 * err_raw

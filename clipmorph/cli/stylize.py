@@ -30,7 +30,6 @@ def stylize(
     from tqdm import tqdm
 
     from clipmorph.inference import ImageError, StylizeOptions, load_stylizer, norm_smoothing, stylize_image
-    from clipmorph.registry import ModelNotFoundError
     from clipmorph.video import Progress, VideoError, stylize_video
 
     if input.resolve() == output.resolve():
@@ -41,7 +40,7 @@ def stylize(
             max_side=max_side, strength=strength, crf=crf, batch_size=batch_size, device=device, **chosen
         )
         loaded = load_stylizer(model, device, runtime)
-    except (ValueError, ModelNotFoundError, FileNotFoundError) as e:
+    except (ValueError, LookupError, FileNotFoundError) as e:  # LookupError: registry.ModelNotFoundError
         raise fail(str(e)) from None
     options.norm_smoothing = norm_smoothing(loaded.info)
     label = f"{loaded.name}/{loaded.version}" if loaded.name else model
