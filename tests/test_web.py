@@ -46,6 +46,11 @@ STARTUP_SECONDS = 90
 # A quality block as `make quality --record` writes it: what the style cards put in words.
 QUALITY = {"640x360": {"ours": {"content": 2.5, "style": 0.3, "artefact": 0.0}, "warping_max": {"ours_stab": 1.2}}}
 JOB_SECONDS = 180
+# Images over SYNC_PIXELS are queued as jobs and stylized by the worker in tiles of TILE_PIXELS. The clip's
+# frames (96x64) and the still-image preview (80x60) stay under both, so only the large-image tests see them.
+SYNC_PIXELS = 100 * 100
+TILE_PIXELS = 128 * 128
+LARGE_IMAGE = (320, 240)  # 12 tiles of 128 px with their overlap
 
 
 def _free_port() -> int:
@@ -89,6 +94,8 @@ def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
         "CLIPMORPH_QUEUE_NAME": f"web-{os.getpid()}",
         "CLIPMORPH_API_TOKEN": TOKEN,
         "CLIPMORPH_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "CLIPMORPH_MAX_SYNC_IMAGE_PIXELS": str(SYNC_PIXELS),
+        "CLIPMORPH_TILE_PIXELS": str(TILE_PIXELS),
         "CLIPMORPH_API_HOST": "127.0.0.1",
         "CLIPMORPH_API_PORT": str(_free_port()),
         "WANDB_MODE": "disabled",
@@ -196,6 +203,16 @@ def _script_errors(driver: WebDriver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["source"] == "javascript" and e["level"] == "SEVERE"]
 
 
+def _requests(stack: Stack, method: str, route: str, status: int) -> float:
+    """How many requests the API has answered so, from its Prometheus metrics (0 when none yet)."""
+    line = re.search(
+        rf'^clipmorph_http_requests_total\{{method="{method}",route="{re.escape(route)}",status="{status}"\}} (\S+)$',
+        httpx.get(f"{stack.url}metrics").text,
+        re.MULTILINE,
+    )
+    return float(line.group(1)) if line else 0.0
+
+
 def _error_text(driver: WebDriver, timeout: float = 60) -> str:
     _wait(driver, lambda d: d.find_element(By.ID, "error").is_displayed(), timeout, "no error message was shown")
     return driver.find_element(By.ID, "error").text
@@ -207,6 +224,7 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
     assert "clip.mp4" in browser.find_element(By.ID, "file-name").text
     browser.find_element(By.ID, "max-side").clear()
     browser.find_element(By.ID, "max-side").send_keys("64")
+    whole_results = _requests(stack, "GET", "/jobs/{job_id}/result", 200)  # large-image tests fetch theirs whole
     browser.find_element(By.ID, "submit").click()
 
     _wait(browser, lambda d: d.find_element(By.ID, "result").is_displayed(), JOB_SECONDS, "no result appeared")
@@ -252,10 +270,8 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
     )
     assert _script_errors(browser) == []
     # Chromium asked for byte ranges, and the server answered them (206) instead of sending the file whole.
-    metrics = httpx.get(f"{stack.url}metrics").text
-    ranges = r'clipmorph_http_requests_total\{method="GET",route="/jobs/\{job_id\}/result",status="206"\} [1-9]'
-    assert re.search(ranges, metrics)
-    assert 'route="/jobs/{job_id}/result",status="200"' not in metrics  # never fetched whole
+    assert _requests(stack, "GET", "/jobs/{job_id}/result", 206) >= 1
+    assert _requests(stack, "GET", "/jobs/{job_id}/result", 200) == whole_results  # never fetched whole
     _screenshot(browser, "video-result")
 
 
@@ -331,6 +347,74 @@ def test_still_image_preview(stack: Stack, browser: WebDriver, assets: Path, tmp
     assert size == [80, 60]
     assert _script_errors(browser) == []
     _screenshot(browser, "image-result")
+
+
+def _photo(assets: Path, path: Path, size: tuple[int, int]) -> Path:
+    Image.open(sorted((assets / "photos" / "skimage").glob("*"))[0]).convert("RGB").resize(size).save(path)
+    return path
+
+
+def test_large_image_is_queued_and_its_result_shown_at_full_size(
+    stack: Stack, browser: WebDriver, assets: Path, tmp_path: Path
+) -> None:
+    """Over CLIPMORPH_MAX_SYNC_IMAGE_PIXELS the API answers 202 and a job: the page follows it like a video's."""
+    width, height = LARGE_IMAGE
+    assert width * height > SYNC_PIXELS > 80 * 60  # this one is queued; the preview test's is not
+    queued_before = _requests(stack, "POST", "/images", 202)
+    photo = _photo(assets, tmp_path / "large.png", LARGE_IMAGE)
+    _open(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="image"]').click()
+    _choose_file(browser, photo)  # submitted by itself, as every still image is
+    _wait(
+        browser,
+        lambda d: _image_loaded(d, "#result-image") and d.find_element(By.ID, "result").is_displayed(),
+        JOB_SECONDS,
+        "the stylized large image never appeared",
+    )
+    size = browser.execute_script(
+        "const i = document.getElementById('result-image'); return [i.naturalWidth, i.naturalHeight]"
+    )
+    assert size == [width, height]
+    assert _requests(stack, "POST", "/images", 202) == queued_before + 1  # it went through the queue
+    # The video flow's progress: the upload, then the worker's passes (one per tile, and the statistics pass).
+    assert browser.find_element(By.ID, "upload-bar").get_attribute("value") == "100"
+    assert f"{width}×{height} pixels, too large to stylize at once" in browser.find_element(By.ID, "upload-text").text
+    assert browser.find_element(By.ID, "job-meter").is_displayed()
+    steps = re.fullmatch(r"step (\d+) of \1", browser.find_element(By.ID, "job-text").text)
+    assert steps and int(steps.group(1)) > 2, browser.find_element(By.ID, "job-text").text
+    assert browser.find_element(By.ID, "status-text").text == "Done."
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    assert browser.find_element(By.ID, "result-meta").text == f"Style {STYLE} v1"
+    # Fetched with the bearer header and shown (and offered for download) from a blob.
+    styled = browser.find_element(By.ID, "result-image").get_attribute("src")
+    assert styled.startswith("blob:")
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("href") == styled
+    assert link.get_attribute("download") == f"large-{STYLE}.png"
+    assert link.is_displayed() and link.text.startswith(f"Download large-{STYLE}.png (")
+    assert browser.find_element(By.ID, "compare-styled-image").get_attribute("src") == styled
+    assert browser.find_element(By.ID, "compare-original-image").get_attribute("src").startswith("blob:")
+    assert not browser.find_element(By.ID, "result-video").is_displayed()
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    assert _script_errors(browser) == []
+    _screenshot(browser, "large-image-result")
+
+
+def test_large_image_the_worker_cannot_read_is_explained(
+    stack: Stack, browser: WebDriver, assets: Path, tmp_path: Path
+) -> None:
+    """A header the API can read, pixels the worker cannot: the job fails, and the page says why."""
+    data = _photo(assets, tmp_path / "whole.png", LARGE_IMAGE).read_bytes()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(data[: len(data) // 2])
+    _open(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="image"]').click()
+    _choose_file(browser, broken)
+    text = _error_text(browser, JOB_SECONDS)
+    assert text.startswith("The server couldn't stylize this image: not a readable image"), text
+    assert not browser.find_element(By.ID, "result").is_displayed()
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    _screenshot(browser, "large-image-failed")
 
 
 def _image_loaded(driver: WebDriver, selector: str) -> bool:

@@ -535,7 +535,8 @@ function queueWords(position) {
   return `Waiting for a worker: ${position} ${position === 1 ? "job is" : "jobs are"} ahead of yours in the queue.`;
 }
 
-function showJob(job) {
+// `unit`: what one step of progress is: a video's frame, or one network pass over a large image (a tile).
+function showJob(job, unit = "frame") {
   const p = job.progress || {};
   const bar = $("job-bar");
   $("job-meter").hidden = false;
@@ -548,9 +549,9 @@ function showJob(job) {
     bar.removeAttribute("value");
   }
   const parts = [];
-  if (total > 0) parts.push(`frame ${done} of ${total}`);
-  else if (done > 0) parts.push(`frame ${done}`);
-  if (Number(p.fps) > 0) parts.push(`${Number(p.fps).toFixed(1)} frames/s`);
+  if (total > 0) parts.push(`${unit} ${done} of ${total}`);
+  else if (done > 0) parts.push(`${unit} ${done}`);
+  if (unit === "frame" && Number(p.fps) > 0) parts.push(`${Number(p.fps).toFixed(1)} frames/s`);
   const eta = Number(p.eta_seconds);
   if (job.status === "running" && Number.isFinite(eta) && p.eta_seconds != null) parts.push(`about ${formatDuration(eta)} left`);
   $("job-text").textContent = parts.join(" · ");
@@ -566,9 +567,52 @@ function showJob(job) {
   $("status-text").textContent = words[job.status] || `Status: ${job.status}`;
 }
 
-// ---------- Video jobs ----------
+// ---------- Queued jobs (videos, and images too large to stylize in the request) ----------
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls a job the server accepted (202) until it ends, showing its queue place and progress.
+// -> the finished job, or null when this run was superseded or cancelled from the page;
+// throws with a sentence when the job failed or was cancelled on the server.
+async function followJob(run, created, what, unit) {
+  const statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
+  state.statusUrl = statusUrl;
+  let job = created;
+  let misses = 0;
+  while (run === state.run) {
+    try {
+      job = await getJson(statusUrl, "job");
+      misses = 0;
+    } catch (err) {
+      // The job goes on while the server restarts or the network drops; keep asking for a while.
+      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
+      misses += 1;
+      if (!transient || misses > POLL_MISSES_ALLOWED) throw err;
+      $("status-text").textContent = "Lost contact with the server; still trying…";
+      await sleep(POLL_MS * misses);
+      continue;
+    }
+    if (run !== state.run) return null;
+    showJob(job, unit);
+    if (TERMINAL.has(job.status)) break;
+    await sleep(POLL_MS);
+  }
+  if (run !== state.run) return null;
+  state.statusUrl = null; // ended: nothing left to cancel
+  if (job.status === "failed") {
+    const reason = detailText(job.error) || "no reason given";
+    throw new Error(`The server couldn't stylize this ${what}: ${reason}`);
+  }
+  if (job.status !== "finished") {
+    throw new Error(`The job was cancelled on the server before it finished. Submit the ${what} again to try once more.`);
+  }
+  return job;
+}
+
+// A finished job's result; `created`: the 202 answer, whose result_url older job listings may lack.
+function resultUrlOf(job, created = {}) {
+  return apiUrl(job.result_url || created.result_url || `v1/jobs/${job.id}/result`);
+}
 
 async function submitVideo(run) {
   const form = new FormData();
@@ -581,44 +625,14 @@ async function submitVideo(run) {
   const xhr = await postForm(apiUrl("v1/jobs"), form, { onProgress: showUpload });
   if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
   finishUpload();
-  const created = JSON.parse(xhr.responseText);
-  state.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
-  let job = created;
-  let misses = 0;
-  while (run === state.run) {
-    try {
-      job = await getJson(state.statusUrl, "job");
-      misses = 0;
-    } catch (err) {
-      // The job goes on while the server restarts or the network drops; keep asking for a while.
-      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
-      misses += 1;
-      if (!transient || misses > POLL_MISSES_ALLOWED) throw err;
-      $("status-text").textContent = "Lost contact with the server; still trying…";
-      await sleep(POLL_MS * misses);
-      continue;
-    }
-    if (run !== state.run) return;
-    showJob(job);
-    if (TERMINAL.has(job.status)) break;
-    await sleep(POLL_MS);
-  }
-  if (run !== state.run) return;
-  if (job.status === "failed") {
-    const reason = detailText(job.error) || "no reason given";
-    throw new Error(`The server couldn't stylize this video: ${reason}`);
-  }
-  if (job.status !== "finished") {
-    $("status-text").textContent = "The job was cancelled.";
-    return;
-  }
+  const job = await followJob(run, JSON.parse(xhr.responseText), "video", "frame");
+  if (!job) return;
   if (job.stream_url) {
     // A plain URL (signed when the server has a token): the players stream it with Range requests,
     // so playback starts before the whole file has arrived.
     showVideoResult(apiUrl(job.stream_url), job, null);
   } else {
-    const resultUrl = apiUrl(job.result_url || `${state.statusUrl.replace(/\/$/, "")}/result`);
-    const blob = await getBlob(resultUrl, "result");
+    const blob = await getBlob(resultUrlOf(job), "result");
     if (run !== state.run) return;
     showVideoResult(trackUrl(blob), job, blob);
   }
@@ -668,7 +682,26 @@ async function submitImage(run) {
   if (run !== state.run) return;
   if (xhr.status < 200 || xhr.status >= 300) throw await xhrError(xhr, "upload");
   finishUpload();
-  const blob = xhr.response;
+  if (xhr.status === 202) {
+    // Too large to stylize in the request: the server queued it as a job, followed like a video's.
+    const created = JSON.parse(await xhr.response.text());
+    if (run !== state.run) return;
+    const input = created.input || {};
+    const size = input.width && input.height ? `${input.width}×${input.height} pixels, ` : "";
+    $("upload-text").textContent += ` · ${size}too large to stylize at once, so it waits its turn in the queue`;
+    const job = await followJob(run, created, "image", "step");
+    if (!job) return;
+    const blob = await getBlob(resultUrlOf(job, created), "result");
+    if (run !== state.run) return;
+    showImageResult(blob, modelLabel(job));
+    return;
+  }
+  const version = xhr.getResponseHeader("X-Model-Version");
+  showImageResult(xhr.response, `${selectedStyle()}${version ? ` v${version}` : ""}`);
+}
+
+// `blob`: the stylized image; `model`: the style (and version) that made it, in words.
+function showImageResult(blob, model) {
   const styledUrl = trackUrl(blob);
   const originalUrl = trackUrl(state.file);
   for (const id of ["result-video", "compare-original", "compare-styled"]) {
@@ -686,13 +719,13 @@ async function submitImage(run) {
   link.href = styledUrl;
   link.download = `${fileStem(state.file.name)}-${selectedStyle()}.${extensionFor(blob, "png")}`;
   link.textContent = `Download ${link.download} (${formatBytes(blob.size)})`;
-  const version = xhr.getResponseHeader("X-Model-Version");
-  $("result-meta").textContent = `Style ${selectedStyle()}${version ? ` v${version}` : ""}`;
+  $("result-meta").textContent = `Style ${model}`;
   $("result").hidden = false;
   $("status-text").textContent = "Done.";
 }
 
-// Still images are quick, so changing the style or strength re-renders the preview by itself.
+// Still images are quick, so changing the style or strength re-renders the preview by itself
+// (a large image is queued again; the job it replaces is cancelled).
 function scheduleImagePreview() {
   if (state.mode !== "image" || !state.file || !selectedStyle()) return;
   clearTimeout(state.imageTimer);
@@ -722,6 +755,7 @@ async function start() {
   if (state.xhr) state.xhr.abort();
   state.run += 1;
   const run = state.run;
+  forgetJob();
   releaseUrls();
   resetProgress();
   $("result").hidden = true;
@@ -739,19 +773,24 @@ async function start() {
   }
 }
 
-async function cancel() {
+// Stops the job the page was following, if any: nobody would see its result.
+async function forgetJob() {
   const statusUrl = state.statusUrl;
-  state.run += 1;
-  if (state.xhr) state.xhr.abort();
-  setBusy(false);
-  $("status-text").textContent = "Cancelled.";
-  if (!statusUrl || state.mode === "image") return;
   state.statusUrl = null;
+  if (!statusUrl) return;
   try {
     await fetch(statusUrl, { method: "DELETE", headers: authHeaders() });
   } catch {
     // the server may not support cancelling; the page has stopped following the job either way
   }
+}
+
+async function cancel() {
+  state.run += 1;
+  if (state.xhr) state.xhr.abort();
+  setBusy(false);
+  $("status-text").textContent = "Cancelled.";
+  await forgetJob();
 }
 
 // ---------- Comparison ----------
