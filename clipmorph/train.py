@@ -3,6 +3,12 @@
 Read top to bottom: config -> data -> networks -> loop -> save/register.
 Every field of TrainConfig can be overridden from the CLI (`clipmorph train
 --set iters=800 --set style_weight=2e5`) or from `make train ITERS=800`.
+
+Distributed: under `torchrun` (`make train NPROC=2`) every rank runs `train`; the gradients are averaged
+by DistributedDataParallel, and only the master process (rank 0) logs, validates, checkpoints, saves and
+registers. `batch_size` is the global batch, split evenly across the ranks, and every random number of a
+step is seeded by (seed, step), not by rank, so N ranks train the same model as one process (see the
+"Distributed training" section at the bottom and docs/training.md).
 """
 
 from __future__ import annotations
@@ -11,11 +17,16 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from clipmorph import losses
@@ -36,7 +47,7 @@ class TrainConfig:
     preset: str = "rt_bn"
     # The shipped kandinsky and kanagawa recipe: about 22 min on a 2-core CPU (docs/training.md, third round).
     iters: int = 1000
-    batch_size: int = 4
+    batch_size: int = 4  # the global batch: under torchrun each of N ranks takes batch_size / N of it
     size: int = 256  # training crop side
     frame_side: int = 640  # photos are scaled to about this longer side before cropping (0: random resized crops)
     style_size: int = 640  # longer side of the style image: the frame side, so strokes keep their relative size
@@ -60,7 +71,7 @@ class TrainConfig:
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
     style_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
-    seed: int = 0
+    seed: int = 0  # with the step number, it seeds every step's photos, crops, shift and noise
     checkpoint_every: int = 100
     val_every: int = 200
     val_images: int = 4
@@ -149,7 +160,11 @@ def save_png(img: torch.Tensor, path: Path) -> None:
 
 
 class Checkpoint:
-    """Model + optimiser + step + RNG, saved atomically; loads with weights_only=True."""
+    """Model (un-wrapped, so any number of ranks can resume it) + optimiser + step, saved atomically.
+
+    No RNG state: every step's random numbers come from its own seed (`step_seed`), so a resumed run
+    draws what the interrupted one would have drawn. Loads with weights_only=True.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -160,7 +175,6 @@ class Checkpoint:
             "optimizer": optimizer.state_dict(),
             "step": step,
             "elapsed": elapsed,
-            "rng": torch.get_rng_state(),
             "config": json.dumps(asdict(cfg)),
         }
         tmp = self.path.with_suffix(".tmp")
@@ -171,7 +185,6 @@ class Checkpoint:
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
         return int(state["step"]), float(state.get("elapsed", 0.0))
 
 
@@ -190,9 +203,17 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Train in this process, or as one rank of a torchrun job (see "Distributed training" below)."""
+    with torchrun_process_group(resolve_device(cfg.device)) as ranks:
+        return _train(cfg, ranks)
+
+
+def _train(cfg: TrainConfig, ranks: Ranks) -> TrainResult:
     settings = get_settings()
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    device = ranks.device
+    master_process = ranks.rank == 0  # logs, validates, checkpoints, saves, registers and evaluates
+    local_batch = ranks.local_batch(cfg.batch_size)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     cuda = device.type == "cuda"
@@ -208,68 +229,83 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Networks.
     vgg = load_vgg(settings.vgg_weights_path).to(device)
     vgg.check([cfg.content_layer, *cfg.style_layers])
-    model = initial_model(cfg).to(device)
+    model = ranks.prepare(initial_model(cfg)).to(device)  # batch norm synchronised across GPU ranks
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     style_grams, style_desc = style_targets(cfg, vgg, device)
     val_batch = validation_batch(cfg, val_paths).to(device)
 
+    # Every rank loads the checkpoint (one machine: the run folder is shared), before DDP wraps the model.
     ckpt = Checkpoint(run_dir / "checkpoint.pt")
     step, elapsed = ckpt.load(model, optimizer) if ckpt.path.exists() else (0, 0.0)
     resumed_from = step
-    if step:
-        log.info("resuming %s from step %d", run_dir, step)
-    # Sampling with replacement: the loader yields exactly the batches of the remaining steps.
-    sampler = RandomSampler(dataset, replacement=True, num_samples=(cfg.iters - step) * cfg.batch_size)
-    loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    net = ranks.wrap(model)  # forward and backward through `net`; checkpoints and validation use `model`
+    if master_process:
+        log.info("training %s: ranks: %d, global batch %d (%d per rank)", cfg.name, ranks.world_size,
+                 cfg.batch_size, local_batch)  # fmt: skip
+        if step:
+            log.info("resuming %s from step %d", run_dir, step)
+    # This rank's share of the global batch of each remaining step (sampled with replacement).
+    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, step, cfg.iters, cfg.seed, ranks)
+    loader = DataLoader(SeededCrops(dataset), batch_sampler=sampler, num_workers=cfg.workers)
 
-    loggers = RunLoggers.start(cfg, run_dir, resume=step > 0)
+    loggers = RunLoggers.start(cfg, run_dir, resume=step > 0) if master_process else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     terms: dict[str, float] = {}
     history: list[dict[str, float]] = []
     t0 = time.perf_counter() - elapsed
-    bar = tqdm(total=cfg.iters, initial=step, desc=f"train {cfg.name}", unit="it", dynamic_ncols=True)
-    model.train()
+    bar = tqdm(total=cfg.iters, initial=step, desc=f"train {cfg.name}", unit="it", dynamic_ncols=True,
+               disable=not master_process)  # fmt: skip
+    net.train()
     try:
         t_start = time.perf_counter()
         for x in loader:
             x = x.to(device, non_blocking=True)
             if cuda:
                 x = x.to(memory_format=torch.channels_last)
+            torch.manual_seed(step_seed(cfg.seed, step, STREAM_LOSSES))  # the temporal loss's shift and noise
             with autocast:
-                weighted = loss_terms(model, vgg, x, cfg, style_grams)
+                weighted = loss_terms(net, vgg, x, cfg, style_grams)
                 total = sum(weighted.values())
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            total.backward()  # DDP averages the gradients over the ranks here
             optimizer.step()
             step += 1
 
-            terms = {"loss": total.item()} | {k: v.item() for k, v in weighted.items()}
+            terms = ranks.mean({"loss": total} | weighted)  # the global batch's losses, on every rank
             history.append(terms)
             seconds = time.perf_counter() - t0
             images_per_s = (step - resumed_from) * cfg.batch_size / (time.perf_counter() - t_start)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()} | {"img/s": f"{images_per_s:.1f}"})
-            loggers.log_metrics(terms | {"seconds": seconds}, step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.iters:
-                ckpt.save(model, optimizer, step, cfg, seconds)
-            if step % cfg.val_every == 0 or step == cfg.iters:
-                loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
+            if master_process:
+                loggers.log_metrics(terms | {"seconds": seconds}, step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.iters:
+                    ckpt.save(model, optimizer, step, cfg, seconds)
+                if step % cfg.val_every == 0 or step == cfg.iters:
+                    loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
             if step >= cfg.iters:
                 break
     except BaseException:
-        loggers.abort()
+        if loggers is not None:
+            loggers.abort()
         raise
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
+    model_dir = run_dir / "model"
+    result = TrainResult(model_dir, None, None, None, terms, seconds, resumed_from, history)
+    if not master_process:
+        ranks.barrier()  # returns once rank 0 has saved the model
+        return result
 
     results = {
         "final_losses": terms,
         "seconds": round(seconds, 1),
         "steps": step,
         "resumed_from": resumed_from,
+        "ranks": ranks.world_size,
         "vgg": Path(settings.vgg_weights_path).name,
         "unreadable_images": len(dataset.unreadable),
     }
@@ -280,17 +316,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         # Inference scales frames to the size the model learned its strokes at (inference.network_size).
         recommended={"frame_side": cfg.frame_side} if cfg.frame_side else {},
     )
-    model_dir = save_model(model, info, run_dir / "model")
+    save_model(model, info, model_dir)
+    ranks.barrier()
     ckpt.path.unlink(missing_ok=True)  # finished: the next `make train` starts a new run
-    result = TrainResult(model_dir, None, None, None, terms, seconds, resumed_from, history)
     loggers.finish_model(model_dir, result, cfg)
     return result
 
 
 def loss_terms(
-    model: Stylizer, vgg, x: torch.Tensor, cfg: TrainConfig, style_grams: dict[str, torch.Tensor]
+    model: nn.Module, vgg, x: torch.Tensor, cfg: TrainConfig, style_grams: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """The weighted loss terms for one batch: content, multi-scale style, TV, noise-temporal."""
+    """The weighted loss terms for one batch: content, multi-scale style, TV, noise-temporal.
+
+    Under DDP `model` is called twice (the batch, then the temporal loss's moved copy) before one
+    backward: every parameter is used in both, and the two gradients reach each parameter's hook
+    summed, so DDP reduces each once (tests/test_train_ddp.py compares with one process).
+    """
     y = model(x)
     with torch.no_grad():
         content_target = vgg(x, [cfg.content_layer])[cfg.content_layer]
@@ -404,3 +445,122 @@ class RunLoggers:
         mlflow.end_run()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+# Distributed training (torchrun). Everything that knows about ranks is here; a plain `clipmorph train` is
+# rank 0 of 1, and these helpers then do nothing.
+#
+# - Global batch: `batch_size` is split evenly across the ranks, and DDP averages the gradients, so the
+#   update equals one process's on the whole batch (every loss term is a mean over the images).
+# - Random numbers: step s draws its photos and crops from step_seed(seed, s, STREAM_DATA) and its
+#   temporal shift and noise from step_seed(seed, s, STREAM_LOSSES), the same seeds on every rank; rank r
+#   takes the r-th slice of the global batch. So the photos, crops and shift do not depend on the number
+#   of ranks, and a run resumed from a checkpoint, with any number of ranks, continues as it would have.
+#   The one exception is the temporal loss's noise: each rank draws it for its slice from the same seed,
+#   so with N ranks the N slices share one noise field (on different photos); tests switch noise off.
+# - Batch norm (rt_bn): on GPUs it becomes SyncBatchNorm (statistics over the global batch, as one
+#   process); PyTorch has no SyncBatchNorm on CPU, so CPU ranks normalise over their own slice.
+
+STREAM_DATA, STREAM_LOSSES = 0, 1
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """The seed of one step's random numbers of one kind: the same on every rank."""
+    return seed * 2**33 + step * 2 + stream
+
+
+@dataclass
+class Ranks:
+    """Where this process stands in a torchrun job: rank 0 of 1 outside one."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def local_batch(self, batch_size: int) -> int:
+        if batch_size % self.world_size:
+            raise ValueError(f"batch_size {batch_size} does not split evenly across {self.world_size} ranks")
+        return batch_size // self.world_size
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Batch norm over the global batch on GPU ranks (torch's SyncBatchNorm runs on GPUs only)."""
+        if self.world_size > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: same parameters, same state keys
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around the model under torchrun; the model itself otherwise."""
+        if not self.distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each value averaged over the ranks (for the log: the loss of the global batch)."""
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        if self.distributed:
+            dist.all_reduce(stacked)  # gloo has no AVG: sum, then divide
+            stacked /= self.world_size
+        return dict(zip(values, stacked.tolist(), strict=True))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+@contextmanager
+def torchrun_process_group(device: torch.device) -> Iterator[Ranks]:
+    """Join the torchrun job this process runs in (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR in the
+    environment): NCCL on GPUs, gloo on CPUs. Without torchrun, rank 0 of 1 and no process group."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        yield Ranks(device, rank, world)
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(device, dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's slice of the global batch of each step from `start` to `stop`, as (photo index, crop seed)."""
+
+    def __init__(self, n_photos: int, batch_size: int, start: int, stop: int, seed: int, ranks: Ranks) -> None:
+        self.n_photos, self.batch_size, self.start, self.stop, self.seed = n_photos, batch_size, start, stop, seed
+        per_rank = ranks.local_batch(batch_size)
+        self.mine = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            g = torch.Generator().manual_seed(step_seed(self.seed, step, STREAM_DATA))
+            photos = torch.randint(self.n_photos, (self.batch_size,), generator=g).tolist()
+            crops = torch.randint(2**62, (self.batch_size,), generator=g).tolist()
+            yield list(zip(photos, crops, strict=True))[self.mine]
+
+
+class SeededCrops(Dataset):
+    """dataset[(index, seed)]: the photo's random scale, crop and flip drawn from `seed` alone, whichever
+    rank or loader worker makes it."""
+
+    def __init__(self, dataset: PhotoDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
