@@ -99,12 +99,13 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     """Resolve a registry reference (or a folder) and load the model ready for inference.
 
     runtime (default: settings.runtime): "torch", "onnx" (onnxruntime on the CPU, for models without
-    instance norm) or "auto" (onnx where it can run, torch otherwise).
+    instance norm), "int8" (the same, quantised; calibrated once on the validation photos) or "auto"
+    (onnx where it can run, torch otherwise).
     """
     settings = get_settings()
     runtime = runtime or settings.runtime
-    if runtime not in ("auto", "torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnx")
+    if runtime not in ("auto", "torch", "onnx", "int8"):
+        raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch, onnx or int8")
     if (Path(ref) / CONFIG).exists():  # a model folder: no registry (and no mlflow import, ~1 s of start-up)
         path, name, version = Path(ref), None, None
     else:
@@ -114,14 +115,29 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
         path, name, version = resolved.path, resolved.name, resolved.version
     info = read_info(path)  # enough to choose the runtime; the torch weights load only if used
     on_cpu = resolve_device(device).type == "cpu"
-    if runtime == "onnx" and not (on_cpu and export.exportable(info)):
-        raise ValueError("the onnx runtime runs on the CPU only, for models without instance norm; use --runtime torch")
+    if runtime in ("onnx", "int8") and not (on_cpu and export.exportable(info)):
+        raise ValueError(
+            f"the {runtime} runtime runs on the CPU only, for models without instance norm; use --runtime torch"
+        )
+    if runtime == "int8":
+        int8_path = export.int8_for(path, settings.var_dir / "onnx", calibration_pictures(settings))
+        return LoadedModel(export.OnnxStylizer(int8_path, info), info, name, version)
     if runtime == "onnx" or (runtime == "auto" and on_cpu and export.exportable(info)):
         onnx_path = export.onnx_for(path, settings.var_dir / "onnx")
         runner = export.OnnxStylizer(onnx_path, info)
         return LoadedModel(runner, info, name, version)
     model, info = load_model(path, device="cpu")
     return LoadedModel(prepare(model, device), info, name, version)
+
+
+def calibration_pictures(settings, count: int = 8) -> list[np.ndarray]:
+    """A few validation photos (RGB uint8) for int8 calibration; a clear error when there are none."""
+    folder = settings.photos_dir / settings.eval_photos
+    found = sorted(folder.glob("*")) if folder.is_dir() else []
+    paths = [p for p in found if p.suffix.lower() in (".jpg", ".jpeg", ".png")][:count]
+    if not paths:
+        raise ValueError("the int8 runtime calibrates on the validation photos, and there are none: run `make data`")
+    return [np.asarray(PIL.Image.open(p).convert("RGB")) for p in paths]
 
 
 def norm_smoothing(info: ModelInfo | None) -> float:

@@ -109,8 +109,11 @@ class Settings(BaseSettings):
     x264_preset: str = Field("veryfast", description="libx264 speed/size trade-off for stylized videos.")
     champion_alias: str = "champion"
     # "auto": onnxruntime for models it can run (no instance norm) on the CPU, torch otherwise and on CUDA;
-    # the faster of the two on CPU in `make bench` (docs/performance.md).
-    runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="Inference runtime: auto, torch, onnx.")
+    # the faster of the two on CPU in `make bench` (docs/performance.md). "int8": onnxruntime with int8
+    # convolutions, about 1.4x "onnx" here, for a few % more flicker (docs/performance.md), so opt-in.
+    runtime: Literal["auto", "torch", "onnx", "int8"] = Field(
+        "auto", description="Inference runtime: auto, torch, onnx, int8."
+    )
 
     # Evaluation (clipmorph evaluate) and the promotion gate (clipmorph promote).
     eval_photos: str = Field("coco128_val2017", description="Validation photo folder under photos_dir.")

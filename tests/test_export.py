@@ -6,15 +6,17 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from clipmorph import export, registry
-from clipmorph.artifact import ModelInfo, save_model
+from clipmorph import export, inference, registry
+from clipmorph.artifact import ModelInfo, read_info, save_model
 from clipmorph.cli import app
 from clipmorph.inference import StylizeOptions, load_stylizer, stylize_array
 from clipmorph.network import PRESETS, build
+from clipmorph.settings import get_settings
 
 
 def bn_model(folder: Path) -> Path:
@@ -82,3 +84,24 @@ def test_export_command_writes_a_file_and_explains_bad_input(settings, tmp_path)
     fast = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "fast")
     result = CliRunner().invoke(app, ["export", str(fast), str(tmp_path / "f.onnx")])
     assert result.exit_code == 1 and "torch runtime" in result.output
+
+
+def test_int8_runtime_stays_close_to_the_float_graph(tmp_path, one_torch_thread) -> None:
+    # A shipped model (trained weights: random ones don't quantise like real ones), calibrated on
+    # two validation photos, compared on a third one it has not seen, at the frame size it runs at.
+    shipped = Path(__file__).resolve().parents[1] / "models" / "kanagawa"
+    photos = inference.calibration_pictures(get_settings(), count=3)
+    small = [np.asarray(PIL.Image.fromarray(p).resize((640, 360))) for p in photos]
+    info = read_info(shipped)
+    int8_path = export.int8_for(shipped, tmp_path, small[:2])
+    assert int8_path.parent == tmp_path and int8_path.name.endswith(".int8.onnx")
+    fp32 = export.OnnxStylizer(export.onnx_for(shipped, tmp_path), info, threads=1)
+    int8 = export.OnnxStylizer(int8_path, info, threads=1)
+    x = torch.from_numpy(small[2]).permute(2, 0, 1)[None].float() / 255
+    mse = float(((int8(x).clamp(0, 1) - fp32(x).clamp(0, 1)) ** 2).mean())
+    assert 10 * np.log10(1 / mse) > export.INT8_MIN_PSNR
+    # and the runtime switch loads it, refusing instance-norm models like "onnx" does
+    assert isinstance(load_stylizer(str(shipped), "cpu", runtime="int8").model, export.OnnxStylizer)
+    fast = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "fast")
+    with pytest.raises(ValueError, match="--runtime torch"):
+        load_stylizer(str(fast), "cpu", runtime="int8")

@@ -23,7 +23,7 @@ def stylize(
     batch_size: int = typer.Option(4, min=1, help="Frames per network call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     runtime: str | None = typer.Option(
-        None, help="torch | onnx | auto (default: settings.runtime, auto: onnxruntime on the CPU where it can)."
+        None, help="torch | onnx | int8 | auto (default: settings.runtime, auto: onnxruntime on the CPU where it can)."
     ),
 ) -> None:
     """Stylize a video or an image with a registered model."""
