@@ -40,7 +40,7 @@ train: data  ## train STYLE (ITERS= INIT= SIZE= PRESET= STYLE_WEIGHT= BATCH= NAM
 deps:  ## install the system packages the tests use when missing (redis-server, chromium, docker-compose)
 	@scripts/test-deps.sh
 
-test: deps data  ## the whole test suite (what CI runs)
+test: deps data lint  ## lint (ruff, import contracts), then the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 test-fast: deps data  ## the suite without end-to-end tests marked slow
@@ -49,9 +49,10 @@ test-fast: deps data  ## the suite without end-to-end tests marked slow
 chaos: deps data  ## fault injection: Redis, a worker, the API SIGKILLed; no job may be lost
 	$(PY) -m pytest -m chaos -v
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(STAMP)  ## ruff lint and format check, import-linter contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

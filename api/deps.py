@@ -15,7 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mlflow import MlflowClient
 from rq import Queue
 
-from clipmorph import redisconn, registry
+from clipmorph import registry
+from clipmorph.serving import redisconn
 from clipmorph.settings import Settings
 from worker.models import ModelCache
 

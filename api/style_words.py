@@ -3,7 +3,7 @@
 Numbers come from the model's own config.json `quality` block (written by `make quality
 --record`: measured the way the service renders, stabilisation on, worst of four clips)
 and, where that block is missing, from the metrics `clipmorph evaluate` logged on the
-version's run (the same definitions, clipmorph/quality.py). Frames/s only exist as run
+version's run (the same definitions, clipmorph/evaluation/quality.py). Frames/s only exist as run
 metrics. Every figure is optional: a style with no measurement says so.
 
 The thresholds below are presentation, not a gate: they split the range the shipped
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.schemas import Figure, StyleTrait
-from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
+from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
 
 # The frame size the quality block's figures are quoted at: the web page's default processing size.
 QUALITY_SIZE = "640x360"

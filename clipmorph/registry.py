@@ -32,7 +32,7 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from clipmorph.artifact import CONFIG, read_info
+from clipmorph.model.artifact import CONFIG, read_info
 from clipmorph.settings import Settings, get_settings
 
 MODEL_PREFIX = "clipmorph-"
@@ -122,7 +122,7 @@ def _log_onnx(client: MlflowClient, model_dir: Path, run_id: str) -> None:
 
     Written to a temporary folder: model_dir may be a shipped, read-only model folder.
     """
-    from clipmorph import export  # torch: only where a model is registered
+    from clipmorph.model import export  # torch: only where a model is registered
 
     if (model_dir / export.ONNX_FILE).exists() or not export.exportable(read_info(model_dir)):
         return

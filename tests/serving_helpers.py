@@ -13,8 +13,8 @@ import mlflow
 import numpy as np
 
 from clipmorph import registry
-from clipmorph.artifact import CONFIG, ModelInfo, save_model
-from clipmorph.network import PRESETS, build
+from clipmorph.model.artifact import CONFIG, ModelInfo, save_model
+from clipmorph.model.network import PRESETS, build
 from clipmorph.settings import Settings
 
 

@@ -1,7 +1,7 @@
 """Fault injection against real processes; `make chaos` runs the tests marked `chaos`.
 
 One stack for the module: a redis-server with the local stack's own persistence arguments
-(clipmorph.stack.redis_server_args), the API under uvicorn in a thread, one `clipmorph worker`
+(clipmorph.serving.stack.redis_server_args), the API under uvicorn in a thread, one `clipmorph worker`
 process. Each test injects one fault, the ones issue 15 lists: 20 concurrent uploads, a 4096x4096
 file, a 30 000-frame file, a resolution change mid-stream, an oversized image, a full disk, a worker
 SIGKILLed mid-job, Redis SIGKILLed mid-job, an API restart mid-upload. Every job a test submits is
@@ -42,8 +42,8 @@ from PIL import Image
 from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, register_tiny_model, stop_processes
 
 from api.main import create_app
+from clipmorph.serving.stack import redis_server_args
 from clipmorph.settings import Settings, get_settings
-from clipmorph.stack import redis_server_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 STYLE = "tiny"

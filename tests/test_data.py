@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from clipmorph.data import PhotoDataset, find_images, parse_style_spec, visual_genome_images
+from clipmorph.training.data import PhotoDataset, find_images, parse_style_spec, visual_genome_images
 
 
 def _img(path, mode="RGB", size=(40, 30)):
@@ -60,7 +60,7 @@ def test_style_blend_weights_are_normalised_and_validated(tmp_path):
 def test_photos_are_cropped_at_frame_scale(tmp_path):
     from PIL import Image
 
-    from clipmorph.data import PhotoDataset
+    from clipmorph.training.data import PhotoDataset
 
     Image.new("RGB", (1000, 500), (10, 200, 30)).save(tmp_path / "wide.jpg")
     Image.new("RGB", (90, 60), (200, 10, 30)).save(tmp_path / "tiny.png")
@@ -73,7 +73,7 @@ def test_photos_are_cropped_at_frame_scale(tmp_path):
 def test_painting_is_shown_at_the_frame_side(tmp_path):
     from PIL import Image
 
-    from clipmorph.data import load_style_tensor
+    from clipmorph.training.data import load_style_tensor
 
     Image.new("RGB", (400, 300)).save(tmp_path / "small.jpg")
     assert load_style_tensor(tmp_path / "small.jpg", 640).shape == (1, 3, 480, 640)  # enlarged

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from clipmorph import evaluate as ev
 from clipmorph import registry
-from clipmorph.artifact import ModelInfo, save_model
-from clipmorph.network import PRESETS, build
+from clipmorph.evaluation import evaluate as ev
+from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.network import PRESETS, build
 
 TINY = ev.EvalOptions(photos=2, photo_size=64, frames=4, frame_side=96, batch=2, fps_batch=1, fps_warmup=0, fps_iters=1)
 

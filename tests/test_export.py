@@ -11,12 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from clipmorph import export, inference, registry
-from clipmorph.artifact import ModelInfo, read_info, save_model
+from clipmorph import registry
 from clipmorph.cli import app
-from clipmorph.inference import StylizeOptions, load_stylizer, stylize_array
-from clipmorph.network import PRESETS, build
+from clipmorph.model import export
+from clipmorph.model.artifact import ModelInfo, read_info, save_model
+from clipmorph.model.network import PRESETS, build
 from clipmorph.settings import get_settings
+from clipmorph.video import inference
+from clipmorph.video.inference import StylizeOptions, load_stylizer, stylize_array
 
 
 def bn_model(folder: Path) -> Path:

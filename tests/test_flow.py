@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipmorph import flow
+from clipmorph.video import flow
 
 H, W = 72, 96
 SHIFT = (3, 2)  # (dx, dy): each frame shows the scene moved 3 px left and 2 px up
@@ -108,7 +108,7 @@ def test_several_renderings_share_one_flow_computation():
 
 
 def test_motion_tracker_matches_estimate_motion_and_recovers_the_shift():
-    from clipmorph.stabilize import MotionTracker, estimate_motion
+    from clipmorph.video.stabilize import MotionTracker, estimate_motion
 
     clip = [(f * 255).astype(np.uint8) for f in translating_clip(3)]
     track = MotionTracker()
@@ -127,7 +127,7 @@ def test_motion_tracker_matches_estimate_motion_and_recovers_the_shift():
 
 
 def test_flow_stabilizer_carries_the_previous_output_along_the_motion():
-    from clipmorph.stabilize import FlowStabilizer, MotionTracker
+    from clipmorph.video.stabilize import FlowStabilizer, MotionTracker
 
     clip = [(f * 255).astype(np.uint8) for f in translating_clip(2)]
     track, stab = MotionTracker(), FlowStabilizer(blend=0.8)

@@ -20,12 +20,12 @@ from redis import Redis
 from rq import Queue
 from serving_helpers import register_tiny_model
 
-import clipmorph.inference
+import clipmorph.video.inference
 import worker.jobs
 from api.main import create_app
-from clipmorph import tiling
-from clipmorph.inference import StylizeOptions, stylize_pil
 from clipmorph.settings import Settings, get_settings
+from clipmorph.video import tiling
+from clipmorph.video.inference import StylizeOptions, stylize_pil
 from worker.models import ModelCache
 from worker.runner import build_worker
 
@@ -138,13 +138,13 @@ def test_small_image_is_answered_directly_and_one_pixel_more_is_a_job(client, se
 
 def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(client, serving, monkeypatch):
     tiled_inputs = []
-    real_tiled = clipmorph.inference.stylize_tiled
+    real_tiled = clipmorph.video.inference.stylize_tiled
 
     def spy(model, x, tile_pixels, *args, **kwargs):
         tiled_inputs.append((tuple(x.shape), tile_pixels))
         return real_tiled(model, x, tile_pixels, *args, **kwargs)
 
-    monkeypatch.setattr(clipmorph.inference, "stylize_tiled", spy)
+    monkeypatch.setattr(clipmorph.video.inference, "stylize_tiled", spy)
     photo = picture(SIZE)
     r = post_image(client, encoded(photo), max_side=0, strength=1)
     assert r.status_code == 202, r.text

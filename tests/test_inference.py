@@ -12,9 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from clipmorph import registry
-from clipmorph.artifact import ModelInfo, save_model
 from clipmorph.cli import app
-from clipmorph.inference import (
+from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.network import PRESETS, build
+from clipmorph.video.inference import (
     ImageError,
     StylizeOptions,
     load_stylizer,
@@ -24,8 +25,7 @@ from clipmorph.inference import (
     to_tensor,
     to_uint8,
 )
-from clipmorph.network import PRESETS, build
-from clipmorph.tiling import spans, stylize_tiled
+from clipmorph.video.tiling import spans, stylize_tiled
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_cli_stylizes_an_image(model, assets, tmp_path):
 
 
 def test_network_runs_at_the_models_frame_side_unless_told_otherwise():
-    from clipmorph.inference import network_size
+    from clipmorph.video.inference import network_size
 
     m = build("rt_ln")
     assert network_size(1280, 720, None, m) == (1280, 720)  # no frame side: the input size

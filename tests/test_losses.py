@@ -1,6 +1,6 @@
 import torch
 
-from clipmorph import losses
+from clipmorph.training import losses
 
 
 def test_gram_normalised_by_chw():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from clipmorph.artifact import ModelInfo, load_model, save_model
-from clipmorph.network import PRESETS, Stylizer, build, count_parameters, fold_batch_norm
+from clipmorph.model.artifact import ModelInfo, load_model, save_model
+from clipmorph.model.network import PRESETS, Stylizer, build, count_parameters, fold_batch_norm
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

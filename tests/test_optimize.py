@@ -6,7 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipmorph.cli import app
-from clipmorph.optimize import OptimizeConfig, config_from_run, optimize, reference_style_loss, run_optimize
+from clipmorph.training.optimize import OptimizeConfig, config_from_run, optimize, reference_style_loss, run_optimize
 
 TINY = dict(size=48, iters=12, style_scales=(1.0, 0.5))
 

@@ -7,11 +7,17 @@ import pytest
 from typer.testing import CliRunner
 
 from clipmorph import registry
-from clipmorph.artifact import ModelInfo, save_model
 from clipmorph.cli import app
-from clipmorph.network import PRESETS, build
-from clipmorph.promotion import PromotionError, auto_promote_first, current_champion, promote, version_metrics
-from clipmorph.quality import ARTEFACT_MAX_PERCENT
+from clipmorph.evaluation.promotion import (
+    PromotionError,
+    auto_promote_first,
+    current_champion,
+    promote,
+    version_metrics,
+)
+from clipmorph.evaluation.quality import ARTEFACT_MAX_PERCENT
+from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.network import PRESETS, build
 
 STYLE = "gatetest"
 NAME = registry.registered_name(STYLE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipmorph import quality
-from clipmorph.data import find_images, load_rgb, load_style_tensor
+from clipmorph.evaluation import quality
 from clipmorph.settings import get_settings
+from clipmorph.training.data import find_images, load_rgb, load_style_tensor
 
 H, W = 180, 320
 
@@ -138,7 +138,7 @@ def test_flow_taken_on_shrunk_frames_comes_back_at_full_scale(monkeypatch):
 def test_grid_keeps_images_at_their_own_size():
     from PIL import Image
 
-    from clipmorph.contact_sheet import grid, label_height
+    from clipmorph.training.contact_sheet import grid, label_height
 
     wide, tall = Image.new("RGB", (64, 36), "red"), Image.new("RGB", (30, 40), "blue")
     sheet = grid([[wide, tall], [tall, wide]], [["a", "b"], ["c", "d"]])
@@ -163,8 +163,8 @@ def _benchmark():
 def test_benchmark_names_same_named_folders_apart_and_records_figures(settings, tmp_path):
     import json
 
-    from clipmorph.artifact import ModelInfo, save_model
-    from clipmorph.network import build
+    from clipmorph.model.artifact import ModelInfo, save_model
+    from clipmorph.model.network import build
 
     bench = _benchmark()
     info = ModelInfo(net=build("rt_bn").config, style={"name": "kandinsky"})

@@ -13,8 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from clipmorph import registry, stack
-from clipmorph.client import DemoError, ensure_models
+from clipmorph import registry
+from clipmorph.serving import stack
+from clipmorph.serving.client import DemoError, ensure_models
 from clipmorph.settings import REPO_ROOT, get_settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -126,7 +127,7 @@ def test_stack_redis_keeps_its_data_across_a_kill(settings):
     """The local stack's Redis persists (append-only, fsync every second): a SIGKILL loses no queued job."""
     import redis as redis_lib
 
-    from clipmorph.stack import redis_server_args
+    from clipmorph.serving.stack import redis_server_args
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

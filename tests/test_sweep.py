@@ -6,8 +6,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipmorph.cli import app
-from clipmorph.contact_sheet import sheet_size, tile
-from clipmorph.sweep import grid, mix_spec, mix_values, parse_param, point_overrides, run_sweep
+from clipmorph.training.contact_sheet import sheet_size, tile
+from clipmorph.training.sweep import grid, mix_spec, mix_values, parse_param, point_overrides, run_sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

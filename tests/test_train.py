@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from clipmorph import registry
-from clipmorph.artifact import load_model
-from clipmorph.train import Checkpoint, TrainConfig, train
+from clipmorph.model.artifact import load_model
+from clipmorph.training.train import Checkpoint, TrainConfig, train
 
 
 @pytest.fixture
@@ -108,9 +108,9 @@ def test_wandb_offline_run_gets_config_losses_and_validation_images(settings, ti
 
 
 def test_warm_start_takes_the_weights_of_a_model_of_the_same_preset(settings, tmp_path):
-    from clipmorph.artifact import ModelInfo, save_model
-    from clipmorph.network import PRESETS, build
-    from clipmorph.train import TrainConfig, initial_model
+    from clipmorph.model.artifact import ModelInfo, save_model
+    from clipmorph.model.network import PRESETS, build
+    from clipmorph.training.train import TrainConfig, initial_model
 
     torch.manual_seed(1)
     source = build("rt_ln")

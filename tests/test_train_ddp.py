@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipmorph.artifact import load_model
-from clipmorph.network import Stylizer
-from clipmorph.train import Checkpoint, Ranks, TrainConfig, train
+from clipmorph.model.artifact import load_model
+from clipmorph.model.network import Stylizer
+from clipmorph.training.train import Checkpoint, Ranks, TrainConfig, train
 
 # The two ranks' float32 gradients are summed in another order than one process's. Measured after 4 Adam
 # steps at lr 1e-2: |w_2 - w_1| / |w_1| = 1.5e-6 (with `fast`: 1.9e-2, see above), largest weight

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torchvision.models import vgg19
 
+from clipmorph.model.vgg import MissingLayerError, from_torchvision_state, load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.vgg import MissingLayerError, from_torchvision_state, load_vgg
 
 TAPS = ["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1"]
 
@@ -47,7 +47,7 @@ def test_torchvision_taps_match_torchvision_features(torchvision_file):
 
 
 def test_normalised_net_mean_activation_is_about_one(normalised, assets):
-    from clipmorph.data import find_images, load_rgb, to_tensor
+    from clipmorph.training.data import find_images, load_rgb, to_tensor
 
     photos = find_images([assets / "photos" / "coco128_val2017"])[:4]
     means = []

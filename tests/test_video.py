@@ -13,13 +13,13 @@ import torch
 from serving_helpers import make_resizing_clip
 from typer.testing import CliRunner
 
-import clipmorph.video as video_module
-from clipmorph.artifact import ModelInfo, save_model
+import clipmorph.video.pipeline as video_module
 from clipmorph.cli import app
-from clipmorph.flow import warping_error
-from clipmorph.inference import StylizeOptions
-from clipmorph.network import PRESETS, build
-from clipmorph.video import (
+from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.network import PRESETS, build
+from clipmorph.video.flow import warping_error
+from clipmorph.video.inference import StylizeOptions
+from clipmorph.video.pipeline import (
     Progress,
     StylizeCancelled,
     VideoError,

@@ -49,7 +49,7 @@ class JobFiles:
         return self.dir / "output.mp4"
 
     def partials(self) -> list[Path]:
-        """Half-written outputs (clipmorph.video's hidden `.output.*.partial.mp4`) and an unfinished upload."""
+        """Half-written outputs (clipmorph.video.pipeline's hidden `.output.*.partial.mp4`) and an unfinished upload."""
         if not self.dir.is_dir():
             return []
         return [p for p in self.dir.iterdir() if ".partial" in p.name or p == self.upload]

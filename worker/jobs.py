@@ -7,7 +7,7 @@ settings.max_sync_image_pixels). A job's id is the UUID of its folder
 runs: the model name and version in use, and progress (frames, or for an image
 network passes, done/total, their rate, ETA), saved at most twice a second.
 An image is stylized at the size its options ask for, in tiles of
-settings.tile_pixels above that many network pixels (clipmorph.tiling), and
+settings.tile_pixels above that many network pixels (clipmorph.video.tiling), and
 written at the input's own size.
 
 Failures: bad input (VideoError, including a limit found mid-stream), an
@@ -38,11 +38,11 @@ from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.job import Job, get_current_job
 
-from clipmorph import tiling
-from clipmorph.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import Settings, get_settings
-from clipmorph.video import (
+from clipmorph.video import tiling
+from clipmorph.video.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
+from clipmorph.video.pipeline import (
     Progress,
     StylizeCancelled,
     VideoError,
@@ -346,7 +346,7 @@ def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[
 class _CountedPasses:
     """A model that counts its network passes, for an image job's progress, and stops between them on request.
 
-    stylize_array makes one pass, or above tile_pixels (clipmorph.tiling.stylize_tiled) one on the
+    stylize_array makes one pass, or above tile_pixels (clipmorph.video.tiling.stylize_tiled) one on the
     downscaled image for the norm statistics and one per tile. Everything else is the model's own.
     """
 
@@ -380,7 +380,7 @@ class _CountedPasses:
 
 def image_passes(model: Any, width: int, height: int, max_side: int | None, tile_pixels: int) -> int:
     """Network passes for an image of width x height: 1 untiled, else the statistics pass and one per tile,
-    cut as clipmorph.tiling.stylize_tiled cuts them."""
+    cut as clipmorph.video.tiling.stylize_tiled cuts them."""
     w, h = network_size(width, height, max_side, model)
     if w * h <= tile_pixels:
         return 1

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from mlflow import MlflowClient
 
 from clipmorph import registry
-from clipmorph.inference import LoadedModel, load_stylizer
+from clipmorph.video.inference import LoadedModel, load_stylizer
 
 log = logging.getLogger(__name__)
 

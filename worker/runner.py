@@ -29,7 +29,8 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
-from clipmorph import redisconn, registry
+from clipmorph import registry
+from clipmorph.serving import redisconn
 from clipmorph.settings import Settings, get_settings
 from worker.files import purge_expired
 from worker.jobs import cancel_requested

@@ -27,7 +27,7 @@ from api.deps import Services, ServicesDep, signed_result_url
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
-from clipmorph.video import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
+from clipmorph.video.pipeline import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
 from worker import settle
 from worker.files import JobFiles, input_suffix
 from worker.jobs import enqueue_stylize, result_file

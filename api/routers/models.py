@@ -19,11 +19,11 @@ from PIL import Image
 from api import schemas
 from api.deps import AdminDep, Services, ServicesDep
 from api.style_words import describe
-from clipmorph.artifact import CONFIG
-from clipmorph.data import IMAGE_SUFFIXES
-from clipmorph.inference import ImageError, StylizeOptions, open_image, stylize_pil
-from clipmorph.promotion import PromotionError, PromotionResult, promote, version_metrics
+from clipmorph.evaluation.promotion import PromotionError, PromotionResult, promote, version_metrics
+from clipmorph.model.artifact import CONFIG
 from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, resolve, style_of
+from clipmorph.training.data import IMAGE_SUFFIXES
+from clipmorph.video.inference import ImageError, StylizeOptions, open_image, stylize_pil
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])

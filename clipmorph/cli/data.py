@@ -20,8 +20,8 @@ def data(
 @app.command()
 def styles() -> None:
     """List the style images available for training."""
-    from clipmorph.data import IMAGE_SUFFIXES
     from clipmorph.settings import get_settings
+    from clipmorph.training.data import IMAGE_SUFFIXES
 
     folder = get_settings().styles_dir
     names = sorted(p.stem for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

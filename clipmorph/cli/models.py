@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipmorph.cli.app import app, fail
-from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, STYLE, WARPING
+from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, STYLE, WARPING
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -62,8 +62,8 @@ def evaluate(
 ) -> None:
     """Style/content loss on validation photos, warping error on a clip, frames/s at 640x360."""
     from clipmorph import registry
-    from clipmorph.evaluate import BASELINE_PREFIX, log_metrics
-    from clipmorph.evaluate import evaluate as run_evaluation
+    from clipmorph.evaluation.evaluate import BASELINE_PREFIX, log_metrics
+    from clipmorph.evaluation.evaluate import evaluate as run_evaluation
 
     try:
         resolved = registry.resolve(model)
@@ -112,8 +112,8 @@ def promote(
     Rollback = promoting an earlier version; it goes through the same gate, so it may need --force --reason.
     """
     from clipmorph import registry
-    from clipmorph.promotion import PromotionError
-    from clipmorph.promotion import promote as run_promotion
+    from clipmorph.evaluation.promotion import PromotionError
+    from clipmorph.evaluation.promotion import promote as run_promotion
 
     try:
         result = run_promotion(_registry(), name, version, force=force, reason=reason)
@@ -133,7 +133,7 @@ def promote(
 def models(name: str | None = typer.Argument(None, help="Only this style / registered model.")) -> None:
     """Registered models and their versions, with aliases and key metrics."""
     from clipmorph import registry
-    from clipmorph.promotion import version_metrics
+    from clipmorph.evaluation.promotion import version_metrics
 
     client = _registry()
     names = [registry.registered_name(name)] if name else [m.name for m in client.search_registered_models()]
@@ -165,7 +165,7 @@ def export_model(
 ) -> None:
     """Write a model as ONNX (dynamic batch, height and width) for onnxruntime or other runtimes."""
     from clipmorph import registry
-    from clipmorph.export import export_onnx
+    from clipmorph.model.export import export_onnx
 
     try:
         path = export_onnx(registry.resolve(model).path, output)

@@ -12,7 +12,7 @@ from clipmorph.cli.app import app, fail
 def _default(name: str) -> str:
     from dataclasses import fields
 
-    from clipmorph.optimize import OptimizeConfig
+    from clipmorph.training.optimize import OptimizeConfig
 
     value = next(f.default for f in fields(OptimizeConfig) if f.name == name)
     return f"(default: {','.join(map(str, value)) if isinstance(value, tuple) else value})"
@@ -53,7 +53,7 @@ def optimize(
     from_run: str | None = typer.Option(None, "--from-run", help="Repeat a recorded run (options given change it)."),
 ) -> None:
     """Style one image by optimising its pixels (Gatys et al.); the run is recorded in MLflow."""
-    from clipmorph.optimize import OptimizeConfig, config_from_run, run_optimize
+    from clipmorph.training.optimize import OptimizeConfig, config_from_run, run_optimize
 
     options = {
         "size": size, "optimizer": optimizer, "init": init, "iters": iters, "lr": lr,
@@ -101,7 +101,7 @@ def sweep(
     cell: int = typer.Option(256, help="Side of each contact-sheet cell in pixels."),
 ) -> None:
     """Run a grid of optimise or short-train runs as children of one MLflow run, with a contact sheet."""
-    from clipmorph.sweep import MIX, mix_values, parse_param, run_sweep
+    from clipmorph.training.sweep import MIX, mix_values, parse_param, run_sweep
 
     try:
         params = dict(parse_param(p) for p in param)

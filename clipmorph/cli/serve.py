@@ -45,7 +45,7 @@ def worker(
 @stack_app.command("up")
 def stack_up() -> None:
     """Start redis-server (if local and not running), the API and a worker; wait until they answer."""
-    from clipmorph import stack
+    from clipmorph.serving import stack
 
     try:
         stack.up(get_settings())
@@ -56,7 +56,7 @@ def stack_up() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop the stack's processes."""
-    from clipmorph import stack
+    from clipmorph.serving import stack
 
     if not stack.down(get_settings()):
         typer.echo("nothing was running")
@@ -65,7 +65,7 @@ def stack_down() -> None:
 @stack_app.command("status")
 def stack_status() -> None:
     """Which of the stack's processes run."""
-    from clipmorph import stack
+    from clipmorph.serving import stack
 
     for name, pid in stack.status(get_settings()).items():
         typer.echo(f"{name:8} {'running, pid ' + str(pid) if pid else 'stopped'}")
@@ -77,7 +77,7 @@ def stack_logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl+C stops)."),
 ) -> None:
     """Show the stack's logs."""
-    from clipmorph import stack
+    from clipmorph.serving import stack
 
     paths = [p for p in stack.log_files(get_settings()) if p.exists()]
     if not paths:
@@ -98,8 +98,8 @@ def demo(
     max_side: int | None = typer.Option(640, help="Stylize at this longest side."),
 ) -> None:
     """Start the local stack and stylize a sample video through the REST API, like any client."""
-    from clipmorph import stack
-    from clipmorph.client import ApiError, DemoError, run_demo
+    from clipmorph.serving import stack
+    from clipmorph.serving.client import ApiError, DemoError, run_demo
 
     settings = get_settings()
     try:

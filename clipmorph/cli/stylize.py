@@ -29,8 +29,8 @@ def stylize(
     """Stylize a video or an image with a registered model."""
     from tqdm import tqdm
 
-    from clipmorph.inference import ImageError, StylizeOptions, load_stylizer, norm_smoothing, stylize_image
-    from clipmorph.video import Progress, VideoError, stylize_video
+    from clipmorph.video.inference import ImageError, StylizeOptions, load_stylizer, norm_smoothing, stylize_image
+    from clipmorph.video.pipeline import Progress, VideoError, stylize_video
 
     if input.resolve() == output.resolve():
         raise fail("OUTPUT must differ from INPUT")

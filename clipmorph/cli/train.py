@@ -11,8 +11,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a training option: --set iters=800"),
 ) -> None:
     """Train a stylizer, log it to W&B and MLflow, register it as clipmorph-<name>."""
-    from clipmorph.train import TrainConfig
-    from clipmorph.train import train as run_training
+    from clipmorph.training.train import TrainConfig
+    from clipmorph.training.train import train as run_training
 
     try:
         overrides = dict(item.split("=", 1) for item in set_)
@@ -21,6 +21,8 @@ def train(
     try:
         cfg = TrainConfig.from_overrides({"style": style, **overrides})
         result = run_training(cfg)
+        if result.version and cfg.evaluate:  # a separate step: training itself knows nothing of grading
+            result.metrics, result.champion = evaluate_and_gate(result.registered_name, result.version)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"model folder: {result.model_dir}")
@@ -33,6 +35,17 @@ def train(
         typer.echo("now champion" if result.champion else "champion unchanged (see `clipmorph promote`)")
 
 
+def evaluate_and_gate(name: str, version: str) -> tuple[dict[str, float], bool]:
+    """Grade a freshly registered version (quick profile) and make it champion if it is the first."""
+    from clipmorph import registry
+    from clipmorph.evaluation.evaluate import evaluate_and_log
+    from clipmorph.evaluation.promotion import auto_promote_first
+
+    client = registry.configure()
+    metrics = evaluate_and_log(client, name, version, quick=True)
+    return metrics, auto_promote_first(client, name, version)
+
+
 @app.command("contact-sheet")
 def contact_sheet(
     output: Path = typer.Argument(..., help="PNG/JPEG to write."),
@@ -41,11 +54,11 @@ def contact_sheet(
     cell: int = typer.Option(256, help="Side of each cell in pixels."),
 ) -> None:
     """A validation photos x models grid: each photo, then each model's stylization of it."""
-    from clipmorph.contact_sheet import tile
-    from clipmorph.data import find_images, load_rgb
-    from clipmorph.inference import StylizeOptions, load_stylizer, stylize_pil
     from clipmorph.registry import ModelNotFoundError
     from clipmorph.settings import get_settings
+    from clipmorph.training.contact_sheet import tile
+    from clipmorph.training.data import find_images, load_rgb
+    from clipmorph.video.inference import StylizeOptions, load_stylizer, stylize_pil
 
     settings = get_settings()
     paths = find_images([settings.photos_dir / settings.eval_photos])[:photos]

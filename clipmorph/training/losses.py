@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from clipmorph.vgg import VGGFeatures
+from clipmorph.model.vgg import VGGFeatures
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:

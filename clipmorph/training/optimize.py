@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from clipmorph import losses
-from clipmorph.artifact import sha256_file
-from clipmorph.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.inference import resolve_device
+from clipmorph.model.artifact import sha256_file
+from clipmorph.model.device import resolve_device
+from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.vgg import VGGFeatures, load_vgg
+from clipmorph.training import losses
+from clipmorph.training.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def reference_style_loss(photo: Path, style_spec: str, size: int, iters: int, **
     and scales of the MSE between Gram matrices, style images scaled to the training's
     `style_size`; any OptimizeConfig field can be overridden to match another setup.
     """
-    from clipmorph.train import TrainConfig
+    from clipmorph.training.train import TrainConfig
 
     train_cfg = TrainConfig(style=style_spec, register=False, evaluate=False)
     cfg = OptimizeConfig(

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clipmorph.contact_sheet import tile
-from clipmorph.optimize import RUN_KIND_TAG, OptimizeConfig, run_optimize, save_image
 from clipmorph.settings import get_settings
+from clipmorph.training.contact_sheet import tile
+from clipmorph.training.optimize import RUN_KIND_TAG, OptimizeConfig, run_optimize, save_image
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def run_sweep(
         for i, (values, overrides) in enumerate(zip(points, configs, strict=True)):
             log.info("sweep point %d/%d: %s", i + 1, len(points), values)
             label = " ".join(f"{k}={v}" for k, v in values.items())
-            tags = {"clipmorph.sweep": name, "clipmorph.sweep_point": label}
+            tags = {"clipmorph.training.sweep": name, "clipmorph.sweep_point": label}
             run = _run_optimize_point if kind == "optimize" else _run_train_point
             run_id, image = run(base | overrides, out_dir / f"{i:02d}", parent_id, f"{name}-{i:02d}", tags, preview)
             done.append(SweepPoint(values, run_id, image))
@@ -151,7 +151,7 @@ def _check_config(kind: str, overrides: dict[str, str]) -> None:
     if kind == "optimize":
         OptimizeConfig.from_overrides(overrides)
     else:
-        from clipmorph.train import TrainConfig
+        from clipmorph.training.train import TrainConfig
 
         TrainConfig.from_overrides(overrides)
 
@@ -169,7 +169,7 @@ def _run_train_point(
 ) -> tuple[str, Path]:
     from mlflow import MlflowClient
 
-    from clipmorph.train import TrainConfig, train
+    from clipmorph.training.train import TrainConfig, train
 
     fixed = {"register": "false", "evaluate": "false", "run_dir": str(stem), "name": run_name}
     result = train(TrainConfig.from_overrides(overrides | fixed))
@@ -184,8 +184,8 @@ def _run_train_point(
 
 def stylize_preview(model_dir: Path, photo: Path, output: Path, max_side: int = 384) -> Path:
     """The trained model applied to one photo (longer side `max_side`), saved to `output`."""
-    from clipmorph.artifact import load_model
-    from clipmorph.data import load_rgb, to_tensor
+    from clipmorph.model.artifact import load_model
+    from clipmorph.training.data import load_rgb, to_tensor
 
     model, _ = load_model(model_dir)
     x = to_tensor(load_rgb(photo)).unsqueeze(0)

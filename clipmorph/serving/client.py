@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from clipmorph import registry, stack
+from clipmorph import registry
+from clipmorph.serving import stack
 from clipmorph.settings import Settings
 
 TERMINAL = {"finished", "failed", "cancelled"}

@@ -2,7 +2,7 @@
 
 Every number is computed the same way for every model so that the promotion gate
 can compare versions:
-  * style_distance / content_distance / artefact_score (clipmorph.quality): the
+  * style_distance / content_distance / artefact_score (clipmorph.evaluation.quality): the
     validation photos at frame size, stylized as `clipmorph stylize` does (at the
     model's frame side), against the painting shown at the same size, the photo,
     and a blob/halo detector; these do not depend on how the model was trained;
@@ -33,24 +33,25 @@ import PIL.Image
 import torch
 from torchvision.transforms import v2
 
-from clipmorph import losses, quality
-from clipmorph.artifact import ModelInfo, load_model, sha256_file
-from clipmorph.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.inference import (
+from clipmorph.evaluation import quality
+from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
+from clipmorph.model.artifact import ModelInfo, load_model, sha256_file
+from clipmorph.model.device import resolve_device
+from clipmorph.model.network import Stylizer
+from clipmorph.model.vgg import VGGFeatures, load_vgg
+from clipmorph.settings import get_settings
+from clipmorph.training import losses
+from clipmorph.training.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.video.inference import (
     StylizeOptions,
     network_size,
     norm_smoothing,
     prepare,
     resize,
-    resolve_device,
     stylize_array,
 )
-from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
-from clipmorph.network import Stylizer
-from clipmorph.settings import get_settings
-from clipmorph.stabilize import FlowStabilizer, estimate_motion
-from clipmorph.vgg import VGGFeatures, load_vgg
-from clipmorph.video import stabilize_modes
+from clipmorph.video.pipeline import stabilize_modes
+from clipmorph.video.stabilize import FlowStabilizer, estimate_motion
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class LossSetup:
 
     @classmethod
     def from_info(cls, info: ModelInfo) -> LossSetup:
-        from clipmorph.train import TrainConfig  # here, as the trainer imports this module
+        from clipmorph.training.train import TrainConfig  # here, as the trainer imports this module
 
         train, defaults = info.train, TrainConfig()
         return cls(

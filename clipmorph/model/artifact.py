@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipmorph.network import NetConfig, Stylizer
+from clipmorph.model.network import NetConfig, Stylizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from clipmorph.network import Stylizer
+from clipmorph.model.network import Stylizer
 
 # Measured on a random `fast` net: 128 px overlap left max errors of 44/255 at seams, 192 px 34/255.
 DEFAULT_OVERLAP = 192

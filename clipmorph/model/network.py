@@ -247,7 +247,7 @@ class Stylizer(nn.Module):
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The network proper, on an input whose sides are multiples of config.stride (at least two).
 
-        Kept apart from the padding so that an exported graph (clipmorph.export) has no size-dependent
+        Kept apart from the padding so that an exported graph (clipmorph.model.export) has no size-dependent
         branch: the runtime pads and crops around it.
         """
         rgb = x

@@ -18,11 +18,12 @@ import PIL.Image
 import torch
 from PIL import ImageOps
 
-from clipmorph import export
-from clipmorph.artifact import CONFIG, ModelInfo, load_model, read_info
-from clipmorph.network import Stylizer, fold_batch_norm
+from clipmorph.model import export
+from clipmorph.model.artifact import CONFIG, ModelInfo, load_model, read_info
+from clipmorph.model.device import resolve_device
+from clipmorph.model.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
-from clipmorph.tiling import stylize_tiled
+from clipmorph.video.tiling import stylize_tiled
 
 STABILIZE_MODES = ("none", "norm", "flow", "both")
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -71,17 +72,8 @@ class LoadedModel:
     version: str | None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    return resolved
-
-
 def model_device(model: Stylizer) -> torch.device:
-    device = getattr(model, "device", None)  # an onnxruntime model (clipmorph.export) says where it runs
+    device = getattr(model, "device", None)  # an onnxruntime model (clipmorph.model.export) says where it runs
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipmorph.artifact import WEIGHTS, ModelInfo, load_model, read_info, sha256_file
-from clipmorph.network import Stylizer, fold_batch_norm, pad_to_multiple
+from clipmorph.model.artifact import WEIGHTS, ModelInfo, load_model, read_info, sha256_file
+from clipmorph.model.network import Stylizer, fold_batch_norm, pad_to_multiple
 
 ONNX_FILE = "model.onnx"  # next to model.safetensors in a model folder and in the registry
 INT8_FILE = "model.int8.onnx"  # the same graph quantised to int8 (see quantize_onnx)

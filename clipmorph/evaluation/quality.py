@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from clipmorph.data import load_style_tensor
-from clipmorph.flow import masked_warp_mse, visible_mask
-from clipmorph.losses import gram, multiscale_grams, rescaled
+from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.vgg import VGGFeatures, load_vgg
+from clipmorph.training.data import load_style_tensor
+from clipmorph.training.losses import gram, multiscale_grams, rescaled
+from clipmorph.video.flow import masked_warp_mse, visible_mask
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
 STYLE_SCALES = (1.0, 0.5, 0.25)
@@ -335,7 +335,7 @@ FLOW_SIDE = 640
 
 
 def farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense Farneback flow from frame a to b (HxWx2, dx dy), the same convention as clipmorph.flow."""
+    """Dense Farneback flow from frame a to b (HxWx2, dx dy), the same convention as clipmorph.video.flow."""
     h, w = a.shape[:2]
     scale = min(1.0, FLOW_SIDE / max(h, w))
     grey_a, grey_b = _grey(a), _grey(b)

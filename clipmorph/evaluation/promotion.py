@@ -1,6 +1,6 @@
 """Moving the `champion` alias: only past a quality gate, or forced with a recorded reason.
 
-The gate compares a candidate version's evaluation metrics (clipmorph.evaluate,
+The gate compares a candidate version's evaluation metrics (clipmorph.evaluation.evaluate,
 logged on the version's MLflow run) with the current champion's:
   * style_distance (how far from the painting) and content_distance (how far
     from the photo) may be worse by at most settings.gate_style_tolerance and
@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from clipmorph.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
-from clipmorph.quality import ARTEFACT_MAX_PERCENT
+from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
+from clipmorph.evaluation.quality import ARTEFACT_MAX_PERCENT
 from clipmorph.registry import ModelNotFoundError, registered_name
 from clipmorph.settings import get_settings
 

@@ -53,7 +53,9 @@ import cv2
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from clipmorph.inference import (
+from clipmorph.model.network import Stylizer
+from clipmorph.settings import Settings, get_settings
+from clipmorph.video.inference import (
     DEFAULT_NORM_SMOOTHING,
     StylizeOptions,
     blend,
@@ -62,9 +64,7 @@ from clipmorph.inference import (
     stylize_array,
     stylize_frames,
 )
-from clipmorph.network import Stylizer
-from clipmorph.settings import Settings, get_settings
-from clipmorph.stabilize import FlowStabilizer, Motion, MotionTracker
+from clipmorph.video.stabilize import FlowStabilizer, Motion, MotionTracker
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 supervisord (the `supervisor` package) starts them in the background and restarts any of them
 that dies; Redis keeps an append-only file, so a restarted Redis still has its queues, and the
-API and the worker reconnect by themselves (clipmorph.redisconn).
+API and the worker reconnect by themselves (clipmorph.serving.redisconn).
 Built-in models are registered first when the registry lacks them.
 supervisord's configuration, socket and pid file live in <var_dir>/run, logs in <logs_dir>;
 `.venv/bin/supervisorctl -c var/run/supervisord.conf status` talks to it directly. Nothing needs

@@ -29,13 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from clipmorph import losses
-from clipmorph.artifact import ModelInfo, save_model, sha256_file
-from clipmorph.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
-from clipmorph.inference import resolve_device
-from clipmorph.network import PRESETS, Stylizer
+from clipmorph.model.artifact import ModelInfo, save_model, sha256_file
+from clipmorph.model.device import resolve_device
+from clipmorph.model.network import PRESETS, Stylizer
+from clipmorph.model.vgg import load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.vgg import load_vgg
+from clipmorph.training import losses
+from clipmorph.training.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TrainConfig:
     # weights: its encoder and decoder already paint, so a new style needs a fraction of the steps.
     init_from: str = ""
     register: bool = True
-    evaluate: bool = True
+    evaluate: bool = True  # `clipmorph train` then grades the version and runs the promotion gate
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -128,7 +128,7 @@ def initial_model(cfg: TrainConfig) -> Stylizer:
     if not cfg.init_from:
         return model
     from clipmorph import registry
-    from clipmorph.artifact import load_model
+    from clipmorph.model.artifact import load_model
 
     source, info = load_model(registry.resolve(cfg.init_from).path)
     if info.net != PRESETS[cfg.preset]:
@@ -436,12 +436,6 @@ class RunLoggers:
             client = registry.configure()
             mv = registry.register_model_dir(client, model_dir, cfg.name, self.run_id)
             result.version, result.registered_name = str(mv.version), mv.name
-            if cfg.evaluate:
-                from clipmorph.evaluate import evaluate_and_log
-                from clipmorph.promotion import auto_promote_first
-
-                result.metrics = evaluate_and_log(client, mv.name, mv.version, quick=True)
-                result.champion = auto_promote_first(client, mv.name, mv.version)
         mlflow.end_run()
         if self.wandb_run is not None:
             self.wandb_run.finish()

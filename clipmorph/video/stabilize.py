@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from clipmorph import flow as of
+from clipmorph.video import flow as of
 
 # Weight of the warped previous output on visible pixels. Warping error on carphone (random `fast` net,
 # unstabilised 0.0095): 0.4 -> 0.0034, 0.6 -> 0.0017, 0.8 -> 0.0007; mean change vs the per-frame

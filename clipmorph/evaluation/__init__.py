@@ -1,0 +1,1 @@
+"""Grading models: quality metrics, evaluation of registered versions and the promotion gate."""

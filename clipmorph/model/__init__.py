@@ -1,0 +1,1 @@
+"""The network, the VGG loss network, model folders (safetensors + config.json) and ONNX export."""

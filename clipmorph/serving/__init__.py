@@ -1,0 +1,1 @@
+"""The local stack: process supervision, Redis connections and the REST client."""
