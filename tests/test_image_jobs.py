@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
 from rq import Queue
-from serving_helpers import register_tiny_model
+from serving_helpers import tiny_registry
 
 import clipmorph.video.inference
 import worker.jobs
@@ -39,18 +39,8 @@ SIZE = (601, 451)  # odd, 4:3 like 6000x4500, and many tiles of 128 px
 def registry_env(tmp_path_factory, assets, redis_url):
     """One MLflow registry (with a tiny champion) for the module: creating one costs seconds."""
     root = tmp_path_factory.mktemp("image-jobs-registry")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPMORPH_VAR_DIR", str(root / "var"))
-        mp.setenv("CLIPMORPH_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("CLIPMORPH_MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
-        mp.setenv("CLIPMORPH_ASSETS_DIR", str(assets))
-        mp.setenv("CLIPMORPH_REDIS_URL", redis_url)
-        mp.setenv("WANDB_MODE", "disabled")
-        mp.delenv("CLIPMORPH_API_TOKEN", raising=False)
-        get_settings.cache_clear()
-        register_tiny_model(get_settings(), STYLE)
+    with tiny_registry(root, assets, redis_url, STYLE):
         yield root
-    get_settings.cache_clear()
 
 
 @pytest.fixture
