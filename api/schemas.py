@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
+from clipmorph.video.inference import DEFAULT_STABILIZE
+
 STYLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
@@ -27,8 +29,9 @@ class Stabilize(StrEnum):
 
 
 def _stabilize_alias(value: object) -> object:
-    # HTML checkboxes send true/false: on means the full treatment.
-    aliases = {"true": "both", "on": "both", "1": "both", "false": "none", "off": "none", "0": "none"}
+    # HTML checkboxes send true/false: on means the default treatment.
+    on = DEFAULT_STABILIZE
+    aliases = {"true": on, "on": on, "1": on, "false": "none", "off": "none", "0": "none"}
     return aliases.get(str(value).lower(), value) if isinstance(value, str | bool) else value
 
 
@@ -56,7 +59,8 @@ class JobForm(StyleForm):
     """Fields of POST /v1/jobs besides the `file` part."""
 
     stabilize: Annotated[Stabilize, BeforeValidator(_stabilize_alias)] = Field(
-        Stabilize.both, description="Flicker reduction: none, norm (smoothed norm statistics), flow, both."
+        Stabilize(DEFAULT_STABILIZE),
+        description="Flicker reduction: none, norm (smoothed norm statistics), flow, both.",
     )
 
 

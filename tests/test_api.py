@@ -780,3 +780,14 @@ def test_serve_refuses_a_public_address_without_a_token(settings):
 
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code != 0 and "without an API token" in result.output
+
+
+def test_stabilisation_has_one_default_for_the_api_the_page_and_the_cli():
+    from api.schemas import JobForm
+    from clipmorph.video.inference import DEFAULT_STABILIZE, StylizeOptions
+
+    assert StylizeOptions().stabilize == DEFAULT_STABILIZE == "flow"
+    assert JobForm(style="kandinsky").stabilize == DEFAULT_STABILIZE
+    assert JobForm(style="kandinsky", stabilize="true").stabilize == DEFAULT_STABILIZE  # the page's checkbox
+    assert JobForm(style="kandinsky", stabilize="false").stabilize == "none"
+    assert JobForm(style="kandinsky", stabilize="both").stabilize == "both"

@@ -26,6 +26,9 @@ from clipmorph.settings import get_settings
 from clipmorph.video.tiling import stylize_tiled
 
 STABILIZE_MODES = ("none", "norm", "flow", "both")
+# The one default for the CLI, the API and the web page's "reduce flicker" box: norm smoothing on top
+# measured nothing (see StylizeOptions.stabilize), and the shipped models have no instance norm.
+DEFAULT_STABILIZE = "flow"
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 # Instance-norm smoothing used by "norm"/"both" when the model recommends none.
 DEFAULT_NORM_SMOOTHING = 0.9
@@ -44,7 +47,7 @@ class StylizeOptions:
     strength: float = 1.0  # 0 = the original, 1 = fully stylized
     # "none" | "norm" | "flow" | "both" (videos only). On carphone (45 frames, seeded random `fast` net) the
     # warping error was none 0.0095, norm 0.0095, flow 0.0017, both 0.0017 (input itself: 0.00037).
-    stabilize: str = "flow"
+    stabilize: str = DEFAULT_STABILIZE
     batch_size: int = 4
     crf: int = 18
     device: str = "auto"
