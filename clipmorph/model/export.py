@@ -8,7 +8,6 @@ every frame size.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -96,19 +95,14 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[np.ndarray], keep_flo
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with tempfile.TemporaryDirectory() as scratch:  # the quantiser writes helper files into the cwd
+    with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        cwd = os.getcwd()
-        try:
-            os.chdir(scratch)
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # dynamic h, w
-            quantize_static(
-                str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                nodes_to_exclude=[n for n in _node_names(prepared) if n.startswith(keep_float)] if keep_float else None,
-            )  # fmt: skip
-        finally:
-            os.chdir(cwd)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # dynamic h, w
+        quantize_static(
+            str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+            nodes_to_exclude=[n for n in _node_names(prepared) if n.startswith(keep_float)] if keep_float else None,
+        )  # fmt: skip
     tmp.replace(out)
     return out
 
