@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from rq import Queue
 
 from clipmorph import registry
+from clipmorph.jobs.models import ModelCache
 from clipmorph.serving import redisconn
 from clipmorph.settings import Settings
-from worker.models import ModelCache
 
 API_REDIS_PATIENCE_SECONDS = 1.0
 

@@ -1,6 +1,6 @@
 """How an RQ job looks from the API: its state, progress, model and error.
 
-A DELETE that won (worker.settle) makes a job read "cancelled" at once, whatever RQ's
+A DELETE that won (clipmorph.jobs.settle) makes a job read "cancelled" at once, whatever RQ's
 status still says while the worker stops. Error messages are the worker's message
 for the client (bad input, unknown style) or a fixed sentence: never an exception's
 text, which can name server paths.
@@ -17,7 +17,7 @@ from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
 
 from api import schemas
-from worker import settle
+from clipmorph.jobs import settle
 
 _STATES = {
     JobStatus.CREATED: schemas.JobState.queued,

@@ -2,7 +2,7 @@
 
 Workers run elsewhere, so their numbers cannot live in this process's
 counters: job counts come from RQ's registries and the frames counter from
-the Redis key the workers increment (worker.jobs.FRAMES_COUNTER_KEY).
+the Redis key the workers increment (clipmorph.jobs.queue.FRAMES_COUNTER_KEY).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from rq import Queue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.jobs import FRAMES_COUNTER_KEY
+from clipmorph.jobs.queue import FRAMES_COUNTER_KEY
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, regis
 
 from api.main import create_app
 from clipmorph import registry
+from clipmorph.jobs import settle
+from clipmorph.jobs.files import purge_expired
+from clipmorph.jobs.models import ModelCache
+from clipmorph.jobs.queue import job_timeout, remove_partials
 from clipmorph.settings import Settings, get_settings
-from worker import settle
-from worker.files import purge_expired
-from worker.jobs import job_timeout
-from worker.models import ModelCache
 from worker.runner import build_worker
 
 STYLE = "tiny"
@@ -686,6 +686,16 @@ def test_job_timeout_scales_with_pixels_times_frames(client, serving, clip):
     assert job_timeout(10, 64, 48, s) == 300  # the minimum
     created = upload(client, clip.read_bytes()).json()
     assert queue_of(serving).fetch_job(created["id"]).timeout == job_timeout(12, 64, 48, serving)
+
+
+def test_queued_jobs_name_the_workers_functions(client, serving, clip):
+    # The API enqueues by dotted name (it never imports the worker); RQ must resolve it to the real job.
+    import worker.jobs
+
+    created = upload(client, clip.read_bytes()).json()
+    job = queue_of(serving).fetch_job(created["id"])
+    assert job.func is worker.jobs.stylize_job
+    assert job.failure_callback is remove_partials
 
 
 @pytest.mark.parametrize(("value", "expected"), [("", None), ("0", 0), ("32", 32)])

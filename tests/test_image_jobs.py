@@ -23,10 +23,10 @@ from serving_helpers import tiny_registry
 import clipmorph.video.inference
 import worker.jobs
 from api.main import create_app
+from clipmorph.jobs.models import ModelCache
 from clipmorph.settings import Settings, get_settings
 from clipmorph.video import tiling
 from clipmorph.video.inference import StylizeOptions, stylize_pil
-from worker.models import ModelCache
 from worker.runner import build_worker
 
 STYLE = "tiny"

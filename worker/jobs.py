@@ -3,7 +3,7 @@
 Two kinds: a video (stylize_job) and a still image too large to stylize in the
 API's request (stylize_image_job, from POST /v1/images past
 settings.max_sync_image_pixels). A job's id is the UUID of its folder
-(worker.files.JobFiles). Its meta holds what a status request shows while it
+(clipmorph.jobs.files.JobFiles). Its meta holds what a status request shows while it
 runs: the model name and version in use, and progress (frames, or for an image
 network passes, done/total, their rate, ETA), saved at most twice a second.
 An image is stylized at the size its options ask for, in tiles of
@@ -17,7 +17,7 @@ else (a worker killed mid-job, a timeout) keeps RQ's retries. A Redis restart is
 waited out (the worker's connection retries with backoff, worker.runner); a
 progress write that still fails is skipped, never fatal.
 Half-written files are removed on every failure, and when a new attempt starts.
-A job ends exactly once, finished or cancelled (worker.settle).
+A job ends exactly once, finished or cancelled (clipmorph.jobs.settle).
 """
 
 from __future__ import annotations
@@ -29,36 +29,32 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import PIL.Image
 import redis
 from redis import Redis
-from rq import Callback, Queue, Retry
 from rq.job import Job, get_current_job
 
+from clipmorph.jobs import settle
+from clipmorph.jobs.files import JobFiles
+from clipmorph.jobs.models import ModelCache
+from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_file
 from clipmorph.registry import ModelNotFoundError
-from clipmorph.settings import Settings, get_settings
+from clipmorph.settings import get_settings
 from clipmorph.video import tiling
 from clipmorph.video.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
 from clipmorph.video.pipeline import (
     Progress,
     StylizeCancelled,
     VideoError,
-    VideoInfo,
     VideoLimitError,
     public_message,
     stylize_video,
 )
-from worker import settle
-from worker.files import JobFiles
-from worker.models import ModelCache
 
 log = logging.getLogger(__name__)
 
-# Frames stylized by all workers ever: a Redis counter so the API's /metrics sees every worker's work.
-FRAMES_COUNTER_KEY = "clipmorph:metrics:frames_stylized"
 PROGRESS_SAVE_SECONDS = 0.5
 
 # Set by the worker (worker.runner) when RQ asks it to stop the running job; the job polls it between frames.
@@ -77,14 +73,6 @@ class InputMissing(LookupError):
 # Failures that would repeat on every attempt: never retried.
 DETERMINISTIC_ERRORS = (VideoError, ImageError, ModelNotFoundError, InputMissing)
 
-# An image job's result, by the `format` of POST /v1/images: (file name in the job's folder, media type).
-IMAGE_RESULTS = {
-    "png": ("output.png", "image/png"),
-    "jpeg": ("output.jpg", "image/jpeg"),
-    "webp": ("output.webp", "image/webp"),
-}
-UNREADABLE_IMAGE = "not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF file)"
-
 
 def models() -> ModelCache:
     """The process-wide model cache: models stay loaded from one job to the next."""
@@ -92,118 +80,6 @@ def models() -> ModelCache:
     if _models is None:
         _models = ModelCache()
     return _models
-
-
-def job_timeout(frames: int | None, width: int, height: int, settings: Settings) -> int:
-    """Seconds a video job may run: frames x megapixels x settings.job_seconds_per_megapixel_frame.
-
-    Each frame counts as at least settings.job_min_frame_pixels (decoding, encoding and the
-    network's rescaling cost something per frame however small it is); never below
-    settings.job_min_timeout_seconds.
-    """
-    pixels = max(width * height, settings.job_min_frame_pixels)
-    budget = (frames or 0) * pixels * settings.job_seconds_per_megapixel_frame / 1_000_000
-    return max(settings.job_min_timeout_seconds, math.ceil(budget))
-
-
-def enqueue_stylize(
-    queue: Queue, job_id: str, style: str, options: dict[str, Any], info: VideoInfo, settings: Settings
-) -> Job:
-    return _enqueue(
-        queue,
-        stylize_job,
-        job_id,
-        style,
-        options,
-        settings,
-        description=f"stylize video {job_id} as {style}",
-        timeout=job_timeout(info.frames, info.width, info.height, settings),
-        meta={"frames": info.frames},
-    )
-
-
-def enqueue_stylize_image(
-    queue: Queue, job_id: str, style: str, options: dict[str, Any], size: tuple[int, int], settings: Settings
-) -> Job:
-    """Queue the image in the job's folder; options: max_side, strength, format (a key of IMAGE_RESULTS)."""
-    if options.get("format") not in IMAGE_RESULTS:
-        raise ValueError(f"format must be one of {', '.join(IMAGE_RESULTS)}")
-    width, height = size
-    return _enqueue(
-        queue,
-        stylize_image_job,
-        job_id,
-        style,
-        options,
-        settings,
-        description=f"stylize image {job_id} as {style}",
-        timeout=job_timeout(1, width, height, settings),  # one frame of the input's size: an upper bound
-        meta={"kind": "image", "width": width, "height": height},
-    )
-
-
-def _enqueue(
-    queue: Queue,
-    func: Callable[..., Any],
-    job_id: str,
-    style: str,
-    options: dict[str, Any],
-    settings: Settings,
-    description: str,
-    timeout: int,
-    meta: dict[str, Any],
-) -> Job:
-    ttl = settings.job_ttl_seconds
-    return queue.enqueue(
-        func,
-        style,
-        options,
-        job_id=job_id,
-        description=description,
-        job_timeout=timeout,
-        ttl=ttl,  # a job still queued after this is dropped
-        result_ttl=ttl,
-        failure_ttl=ttl,
-        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
-        on_failure=Callback(remove_partials),
-        meta={"style": style, "options": options, "progress": None, **meta},
-    )
-
-
-def result_file(files: JobFiles, meta: dict[str, Any]) -> tuple[Path, str]:
-    """A job's output and its media type: output.mp4 for a video, the image job's file in its format."""
-    if meta.get("kind") == "image":
-        name, media_type = IMAGE_RESULTS[(meta.get("options") or {}).get("format", "png")]
-        return files.dir / name, media_type
-    return files.output, "video/mp4"
-
-
-def image_refusal(path: Path, max_pixels: int) -> tuple[bool, str]:
-    """Why an image cannot be stylized, in words of our own (PIL's messages name the server's file).
-
-    -> (too large, message): over `max_pixels` by its header, else not readable.
-    """
-    try:
-        with PIL.Image.open(path) as img:  # reads the header only
-            pixels = img.width * img.height
-    except PIL.Image.DecompressionBombError:
-        pixels = max_pixels + 1
-    except Exception:  # any other failure to read it: not an image we can read
-        pixels = 0
-    if pixels > max_pixels:
-        return True, f"image too large: more than {max_pixels} pixels"
-    return False, UNREADABLE_IMAGE
-
-
-def remove_partials(
-    job: Job,
-    connection: Redis,
-    exc_type: type[BaseException] | None = None,
-    exc: BaseException | None = None,
-    tb: TracebackType | None = None,
-) -> None:
-    """RQ failure callback, also for a job abandoned by a dead worker: drop its half-written files."""
-    JobFiles.of(get_settings().jobs_dir, job.id).remove_partials()
 
 
 class ProgressReporter:

@@ -30,9 +30,9 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from clipmorph import registry
+from clipmorph.jobs.files import purge_expired
 from clipmorph.serving import redisconn
 from clipmorph.settings import Settings, get_settings
-from worker.files import purge_expired
 from worker.jobs import cancel_requested
 
 log = logging.getLogger(__name__)

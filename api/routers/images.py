@@ -29,11 +29,11 @@ from api import schemas
 from api.deps import Services, ServicesDep
 from api.routers.jobs import FILE_FIELD, check_style, parse_form
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
+from clipmorph.jobs.files import JobFiles
+from clipmorph.jobs.queue import enqueue_stylize_image, image_refusal
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import Settings
 from clipmorph.video.inference import ImageError, StylizeOptions, open_image, stylize_pil
-from worker.files import JobFiles
-from worker.jobs import enqueue_stylize_image, image_refusal
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/images", tags=["images"])

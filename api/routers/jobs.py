@@ -2,7 +2,7 @@
 
 Uploads over a limit the probe can see (frame size, frame count, duration) are refused
 with 413; the worker checks every frame again and fails the job with the same message.
-A DELETE and a finishing worker race through worker.settle: a job still queued or
+A DELETE and a finishing worker race through clipmorph.jobs.settle: a job still queued or
 running is cancelled (204, and it reads "cancelled" from then on); a job that already
 finished keeps its result and the DELETE gets 409.
 """
@@ -25,12 +25,12 @@ from rq.job import Job, JobStatus
 from api import jobstate, schemas
 from api.deps import Services, ServicesDep, signed_result_url
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
+from clipmorph.jobs import settle
+from clipmorph.jobs.files import JobFiles, input_suffix
+from clipmorph.jobs.queue import enqueue_stylize, result_file
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
 from clipmorph.video.pipeline import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
-from worker import settle
-from worker.files import JobFiles, input_suffix
-from worker.jobs import enqueue_stylize, result_file
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
