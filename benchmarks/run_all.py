@@ -11,8 +11,19 @@ import bench_network
 import bench_pipeline
 import quality
 
+from clipmorph.settings import REPO_ROOT
+
+# The shipped model whose speed and memory stand for all of them (every built-in is the same `rt_bn` network).
+SHIPPED = str(REPO_ROOT / "models" / "kanagawa")
+
 if __name__ == "__main__":
     bench_network.main(["--threads", "2", "--frames", "8"])
     pipeline_args = ["--presets", "fast,johnson", "--stabilize", "none,flow", "--frames", "24"]
-    bench_pipeline.main(pipeline_args + sys.argv[1:])
+    # The shipped model as a user runs it: in process, and as a whole `clipmorph stylize` (start-up included).
+    shipped_args = ["--models", SHIPPED, "--whole-process", "--stabilize", "flow"]
+    bench_pipeline.main(pipeline_args + shipped_args + sys.argv[1:])
+    # Peak memory at 4K (issue #15: <= 3 GB), decode + stylize + stabilise + encode on 8 frames.
+    memory_json = str(bench_pipeline.RESULTS.with_name("memory_4k.json"))
+    memory_args = ["--presets", "", "--models", SHIPPED, "--sizes", "3840x2160", "--frames", "8", "--repeat", "1"]
+    bench_pipeline.main([*memory_args, "--stabilize", "flow", "--out", memory_json])
     quality.main([])

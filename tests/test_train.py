@@ -1,3 +1,4 @@
+import itertools
 import shutil
 
 import pytest
@@ -96,6 +97,18 @@ def test_blended_style_and_bad_override(settings):
         TrainConfig.from_overrides({"itters": "5"})
     cfg = TrainConfig.from_overrides({"style": "starrynight:1,kanagawa:3", "iters": "5", "style_scales": "1,0.5"})
     assert cfg.iters == 5 and cfg.style_scales == (1.0, 0.5) and cfg.name == "starrynight-1+kanagawa-3"
+
+
+def test_cosine_learning_rate_falls_to_its_floor_and_depends_on_the_step_alone():
+    from clipmorph.training.train import lr_at
+
+    cfg = TrainConfig(lr=1e-3, iters=100, lr_schedule="cosine", lr_floor=0.1)
+    rates = [lr_at(cfg, step) for step in range(101)]
+    assert rates[0] == pytest.approx(1e-3) and rates[50] == pytest.approx(0.55e-3) and rates[100] == pytest.approx(1e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert lr_at(TrainConfig(lr=1e-3, iters=100), 70) == 1e-3  # constant by default
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        TrainConfig(lr_schedule="step")
 
 
 def test_wandb_offline_run_gets_config_losses_and_validation_images(settings, tiny_photos, tmp_path, monkeypatch):

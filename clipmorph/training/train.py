@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ from clipmorph.training.data import PhotoDataset, find_images, load_rgb, load_st
 log = logging.getLogger(__name__)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     style: str = "kandinsky"  # a style name, an image path, or 'a:0.5,b:0.5' to blend
@@ -52,6 +56,10 @@ class TrainConfig:
     frame_side: int = 640  # photos are scaled to about this longer side before cropping (0: random resized crops)
     style_size: int = 640  # longer side of the style image: the frame side, so strokes keep their relative size
     lr: float = 2e-3
+    # "constant", or "cosine": the learning rate falls from `lr` to `lr * lr_floor` over the run. A function
+    # of the step alone (lr_at), so a resumed run, on any number of ranks, picks up the same schedule.
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.05
     content_weight: float = 0.25
     style_weight: float = 1e5
     # Each style layer's Gram error relative to the painting's (losses.style_loss); the weight for that
@@ -89,6 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         self.name = self.name or self.style.replace(",", "+").replace(":", "-")
 
     @classmethod
@@ -107,6 +117,14 @@ class TrainConfig:
             else:
                 kwargs[key] = type(default)(raw)
         return cls(**kwargs)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate for the step after `step` steps have run."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    floor = cfg.lr * cfg.lr_floor
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, cfg.iters) / cfg.iters))
 
 
 def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -269,6 +287,8 @@ def _train(cfg: TrainConfig, ranks: Ranks) -> TrainResult:
                 weighted = loss_terms(net, vgg, x, cfg, style_grams)
                 total = sum(weighted.values())
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
             total.backward()  # DDP averages the gradients over the ranks here
             optimizer.step()
             step += 1
