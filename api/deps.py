@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the bearer-token check, Redis and the RQ queue, the registry, models."""
+"""FastAPI dependencies: settings, the bearer-token check, Redis and the RQ queue, job storage, the registry, models."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rq import Queue
 
 from clipmorph import registry
 from clipmorph.jobs.models import ModelCache
+from clipmorph.jobs.storage import JobStorage, open_storage
 from clipmorph.serving import redisconn
 from clipmorph.settings import Settings
 
@@ -33,6 +34,8 @@ class Services:
         # closed connections, so the API recovers by itself.
         self.redis = redisconn.connect(settings.redis_url, API_REDIS_PATIENCE_SECONDS, settings.redis_timeout_seconds)
         self.queue = Queue(settings.queue_name, connection=self.redis)
+        # Where jobs' inputs and results are kept (CLIPMORPH_STORAGE_URL); a bucket is contacted on first use.
+        self.storage: JobStorage = open_storage(settings)
         # Inference in the API (images, previews) runs one at a time: torch already uses every core.
         self.inference_limiter = anyio.CapacityLimiter(1)
         self._registry: MlflowClient | None = None

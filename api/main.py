@@ -5,7 +5,8 @@ signed link of its stream_url, for <video> players); /healthz, /readyz and /metr
 outside it; the web page (api/static) is served at /.
 OpenAPI docs at /docs and /redoc, with their assets served from the app (no CDN).
 At start-up the built-in models are registered when the registry lacks them.
-While Redis is unreachable every route that needs it answers 503 with Retry-After.
+While Redis or the job storage (a bucket) is unreachable every route that needs it answers 503
+with Retry-After.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from api.deps import Services, require_token, require_token_or_signature
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import health, images, jobs, models
 from clipmorph import registry
+from clipmorph.jobs.storage import UNAVAILABLE, StorageUnavailable
 from clipmorph.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,6 +53,16 @@ async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, exc)
     return JSONResponse(
         {"detail": "the job queue is unavailable; try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 + Retry-After; which bucket, key or endpoint failed, and how, is in the log (clipmorph.jobs.storage)."""
+    log.warning("%s %s: job storage unavailable", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": UNAVAILABLE},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
@@ -97,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for error in (redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(error, redis_unavailable)
+    app.add_exception_handler(StorageUnavailable, storage_unavailable)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
     for router in (jobs.router, models.router, images.router):
@@ -107,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(results)
     app.include_router(health.router)
 
-    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    services.storage.staging_dir.mkdir(parents=True, exist_ok=True)
     if STATIC_DIR.is_dir():
         # Mounted last: routes above take precedence, everything else is a file of the web page.
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
 
     # Services.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where jobs' inputs and results are kept (clipmorph/jobs/storage.py): empty for the local folder
+    # <var_dir>/jobs, or s3://bucket[/prefix] for any S3-compatible bucket, whose endpoint, credentials and
+    # region come from boto3's own variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_DEFAULT_REGION).
+    storage_url: str = Field("", description="Job storage: empty (local jobs folder) or s3://bucket[/prefix].")
+    storage_public_endpoint: str | None = Field(
+        None,
+        description="The bucket's endpoint as clients reach it, for the presigned result links (when it is not "
+        "AWS_ENDPOINT_URL, e.g. behind docker-compose).",
+    )
     queue_name: str = "clipmorph"
     mlflow_tracking_uri: str | None = Field(None, description="Defaults to sqlite:///<var_dir>/mlflow.db when unset.")
     mlflow_artifact_root: Path | None = Field(None, description="Defaults to <var_dir>/mlartifacts.")

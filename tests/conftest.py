@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,49 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3 endpoint for the session: moto's server on a free port (its own HTTP server, in a thread)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch) -> str:
+    """A fresh bucket on the session's S3 endpoint, and the environment that makes clipmorph keep jobs there
+    (CLIPMORPH_STORAGE_URL, boto3's AWS_* variables); -> the bucket's name."""
+    import boto3
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"jobs-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("CLIPMORPH_STORAGE_URL", f"s3://{bucket}/clipmorph")
+    get_settings.cache_clear()
+    return bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_backend(request) -> str:
+    """Each job storage in turn: the local jobs folder, then a bucket on a real S3 endpoint (moto's server).
+    A test's settings fixture reads the environment after this one (get_settings.cache_clear())."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_bucket")
+    return request.param

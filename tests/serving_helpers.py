@@ -1,15 +1,19 @@
-"""Helpers for the serving tests: tiny clips encoded with PyAV, a tiny registered model."""
+"""Helpers for the serving tests: tiny clips encoded with PyAV, a tiny registered model, what a job storage holds."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import av
+import httpx
 import mlflow
 import numpy as np
 import pytest
@@ -148,3 +152,63 @@ def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 15) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- what a job storage holds (either backend)
+
+
+def _bucket(settings: Settings) -> tuple[Any, str, str]:
+    """(boto3 client, bucket, key prefix) of settings.storage_url, read here without clipmorph's storage code."""
+    import boto3
+
+    parts = urlsplit(settings.storage_url)
+    prefix = parts.path.strip("/")
+    return boto3.client("s3"), parts.netloc, f"{prefix}/" if prefix else ""
+
+
+def stored(settings: Settings, job_id: str | None = None) -> list[str]:
+    """What the job storage holds: a job's file names, or without `job_id` the ids of the jobs it holds."""
+    if not settings.storage_url:
+        folder = settings.jobs_dir / job_id if job_id else settings.jobs_dir
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    s3, bucket, prefix = _bucket(settings)
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + (f"{job_id}/" if job_id else "")
+    )
+    keys = [item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])]
+    return sorted({key.split("/")[1] if job_id else key.split("/")[0] for key in keys})
+
+
+def put_stored(settings: Settings, job_id: str, name: str, data: bytes) -> None:
+    """Replace one of a job's stored files, as something outside clipmorph could."""
+    if not settings.storage_url:
+        (settings.jobs_dir / job_id / name).write_bytes(data)
+        return
+    s3, bucket, prefix = _bucket(settings)
+    s3.put_object(Bucket=bucket, Key=f"{prefix}{job_id}/{name}", Body=data)
+
+
+def plant_partial(settings: Settings, job_id: str) -> Path:
+    """A half-written output where a killed worker's attempt leaves it: in the job's folder (local storage)
+    or in the worker's local workspace (a bucket never holds half an object)."""
+    root = settings.jobs_dir if not settings.storage_url else settings.var_dir / "scratch"
+    (root / job_id).mkdir(parents=True, exist_ok=True)
+    path = root / job_id / ".output.dead01.partial.mp4"
+    path.write_bytes(b"half")
+    return path
+
+
+def local_leftovers(settings: Settings) -> list[Path]:
+    """What a bucket-backed API or worker left on local disk (staged uploads, workspaces); always [] when local."""
+    return sorted(p for folder in ("staging", "scratch") for p in (settings.var_dir / folder).rglob("*"))
+
+
+def fetch_result(client: Any, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """GET a job's result as a browser would: following the API's 307 to the bucket's presigned URL, Range and all."""
+    first = client.get(url, headers=headers or {}, follow_redirects=False)
+    if first.status_code != 307:
+        return first
+    location = first.headers["location"]
+    assert location.startswith(os.environ["AWS_ENDPOINT_URL"]), "redirected somewhere else than the bucket"
+    # A client drops Authorization on a redirect to another host (browsers, httpx): the presigned query is the key.
+    return httpx.get(location, headers={k: v for k, v in (headers or {}).items() if k.lower() != "authorization"})

@@ -1,6 +1,8 @@
 """The REST API in-process (FastAPI TestClient) against a real redis-server and a real MLflow registry.
 
-Jobs that need running are run by a real StylizeWorker in burst mode in this process.
+Jobs that need running are run by a real StylizeWorker in burst mode in this process. The core flows
+(upload, queue, worker, result with Range, delete, expiry) run against each job storage: the local
+jobs folder and a bucket on a real S3 endpoint (moto's server, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rq import Queue
 from rq.job import JobStatus
-from serving_helpers import make_clip, make_flat_clip, make_resizing_clip, register_tiny_model, tiny_registry
+from serving_helpers import (
+    fetch_result,
+    local_leftovers,
+    make_clip,
+    make_flat_clip,
+    make_resizing_clip,
+    plant_partial,
+    put_stored,
+    register_tiny_model,
+    stored,
+    tiny_registry,
+)
 
 from api.main import create_app
 from clipmorph import registry
@@ -59,6 +72,19 @@ def client(serving):
         yield c
 
 
+@pytest.fixture
+def backend(serving, storage_backend) -> Settings:
+    """The test's settings with each job storage in turn (local folder, S3 bucket)."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture
+def bclient(backend):
+    with make_client(backend) as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", frames=12)
@@ -83,15 +109,17 @@ def run_queued_jobs(settings) -> None:
     build_worker(settings).work(burst=True)
 
 
-def test_upload_is_queued_with_its_file_and_status(client, serving, clip):
+def test_upload_is_queued_with_its_file_and_status(bclient, backend, clip):
+    client = bclient
     r = upload(client, clip.read_bytes(), max_side=32, strength=0.5, stabilize="norm")
     assert r.status_code == 202, r.text
     body = r.json()
     assert uuid.UUID(body["id"]).version == 4
     assert body["status"] == "queued"
     assert body["input"]["frames"] == 12 and body["input"]["has_audio"] is True
-    assert queue_of(serving).job_ids == [body["id"]]
-    assert [p.name for p in (serving.jobs_dir / body["id"]).iterdir()] == ["input.mp4"]
+    assert queue_of(backend).job_ids == [body["id"]]
+    assert stored(backend, body["id"]) == ["input.mp4"]
+    assert local_leftovers(backend) == []  # with a bucket, the staged upload is gone once stored
 
     job = client.get(body["status_url"]).json()
     assert job["status"] == "queued"
@@ -101,10 +129,11 @@ def test_upload_is_queued_with_its_file_and_status(client, serving, clip):
     assert client.get(body["result_url"]).status_code == 409
 
 
-def test_client_file_name_never_becomes_a_path(client, serving, clip):
-    r = upload(client, clip.read_bytes(), filename="../../etc/passwd.mp4/../evil.sh")
+def test_client_file_name_never_becomes_a_path(bclient, backend, clip):
+    r = upload(bclient, clip.read_bytes(), filename="../../etc/passwd.mp4/../evil.sh")
     assert r.status_code == 202, r.text
-    assert [p.name for p in (serving.jobs_dir / r.json()["id"]).iterdir()] == ["input.bin"]
+    assert stored(backend) == [r.json()["id"]]
+    assert stored(backend, r.json()["id"]) == ["input.bin"]
 
 
 def _bad_uploads(clip_bytes: bytes) -> dict:
@@ -120,13 +149,13 @@ def _bad_uploads(clip_bytes: bytes) -> dict:
 
 
 @pytest.mark.parametrize("case", list(_bad_uploads(b"")))
-def test_bad_upload_is_refused_and_leaves_nothing(client, serving, clip, case):
+def test_bad_upload_is_refused_and_leaves_nothing(bclient, backend, clip, case):
     data, fields, code, words = _bad_uploads(clip.read_bytes())[case]
-    r = upload(client, data, **fields)
+    r = upload(bclient, data, **fields)
     assert r.status_code == code, r.text
     assert words in str(r.json()["detail"])
-    assert queue_of(serving).count == 0
-    assert job_dirs(serving) == []
+    assert queue_of(backend).count == 0
+    assert stored(backend) == [] and local_leftovers(backend) == []
 
 
 def test_missing_file_part_is_refused(client, serving):
@@ -144,7 +173,7 @@ def test_upload_over_the_cap_is_413_from_content_length(serving, clip):
     assert queue_of(serving).count == 0 and job_dirs(serving) == []
 
 
-def test_upload_over_the_cap_is_413_while_streaming(serving, clip):
+def test_upload_over_the_cap_is_413_while_streaming(backend, clip):
     """Without Content-Length (chunked), the byte count while streaming stops it."""
     boundary = "testboundary"
     head = (
@@ -160,15 +189,18 @@ def test_upload_over_the_cap_is_413_while_streaming(serving, clip):
             yield b"\0" * 1000
         yield tail
 
-    with make_client(serving, max_upload_bytes=5000) as c:
+    with make_client(backend, max_upload_bytes=5000) as c:
         r = c.post("/v1/jobs", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 413, r.text
-    assert queue_of(serving).count == 0 and job_dirs(serving) == []
+    assert queue_of(backend).count == 0 and stored(backend) == [] and local_leftovers(backend) == []
 
 
-def test_job_runs_and_result_supports_range_requests(client, serving, clip, tmp_path):
+def test_job_runs_and_result_supports_range_requests(bclient, backend, clip, tmp_path):
+    client = bclient
     created = upload(client, clip.read_bytes(), max_side=32).json()
-    run_queued_jobs(serving)
+    run_queued_jobs(backend)
+    assert stored(backend, created["id"]) == ["input.mp4", "output.mp4"]
+    assert local_leftovers(backend) == []  # with a bucket: the worker's local copies are gone
 
     job = client.get(created["status_url"]).json()
     assert job["status"] == "finished", job
@@ -176,8 +208,9 @@ def test_job_runs_and_result_supports_range_requests(client, serving, clip, tmp_
     assert job["progress"]["done"] == 12 and job["progress"]["total"] == 12
     assert job["result_url"] == created["result_url"]
 
-    whole = client.get(created["result_url"])
+    whole = fetch_result(client, created["result_url"])
     assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    assert f'filename="{created["id"]}.mp4"' in whole.headers["content-disposition"]
     size = len(whole.content)
     out = tmp_path / "out.mp4"
     out.write_bytes(whole.content)
@@ -185,13 +218,13 @@ def test_job_runs_and_result_supports_range_requests(client, serving, clip, tmp_
         assert sum(1 for _ in container.decode(video=0)) == 12
         assert container.streams.audio
 
-    part = client.get(created["result_url"], headers={"Range": "bytes=100-1099"})
+    part = fetch_result(client, created["result_url"], headers={"Range": "bytes=100-1099"})
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes 100-1099/{size}"
     assert part.content == whole.content[100:1100]
-    suffix = client.get(created["result_url"], headers={"Range": "bytes=-50"})
+    suffix = fetch_result(client, created["result_url"], headers={"Range": "bytes=-50"})
     assert suffix.status_code == 206 and suffix.content == whole.content[-50:]
-    beyond = client.get(created["result_url"], headers={"Range": f"bytes={size + 10}-"})
+    beyond = fetch_result(client, created["result_url"], headers={"Range": f"bytes={size + 10}-"})
     assert beyond.status_code == 416
 
 
@@ -205,7 +238,8 @@ def test_queued_jobs_report_their_position(client, serving, clip):
     assert done["status"] == "finished" and done["queue_position"] is None
 
 
-def test_result_streams_through_its_signed_link_without_a_header(serving, clip):
+def test_result_streams_through_its_signed_link_without_a_header(backend, clip):
+    serving = backend
     auth = {"Authorization": "Bearer s3cret"}
     with make_client(serving, api_token="s3cret") as c:
         first = c.post(
@@ -225,8 +259,9 @@ def test_result_streams_through_its_signed_link_without_a_header(serving, clip):
         job = c.get(first["status_url"], headers=auth).json()
         link = job["stream_url"]
         assert link.startswith(f"{first['result_url']}?expires=") and "s3cret" not in link
-        whole = c.get(first["result_url"], headers=auth).content
-        part = c.get(link, headers={"Range": "bytes=0-99"})  # what a <video> element sends: no Authorization
+        whole = fetch_result(c, first["result_url"], headers=auth).content
+        # What a <video> element sends: no Authorization (with a bucket it follows the 307 to a presigned URL).
+        part = fetch_result(c, link, headers={"Range": "bytes=0-99"})
         assert part.status_code == 206 and part.content == whole[:100]
         assert c.get(first["result_url"]).status_code == 401
         # The signature binds the job and the deadline.
@@ -241,12 +276,14 @@ def test_result_streams_through_its_signed_link_without_a_header(serving, clip):
         assert c.get(first["status_url"]).json()["stream_url"] == first["result_url"]
 
 
-def test_delete_cancels_a_queued_job_and_its_files(client, serving, clip):
+def test_delete_cancels_a_queued_job_and_its_files(bclient, backend, clip):
+    client = bclient
     created = upload(client, clip.read_bytes()).json()
+    kept = upload(client, clip.read_bytes()).json()
     assert client.delete(f"/v1/jobs/{created['id']}").status_code == 204
     assert client.get(created["status_url"]).json()["status"] == "cancelled"
-    assert queue_of(serving).count == 0
-    assert job_dirs(serving) == []
+    assert queue_of(backend).job_ids == [kept["id"]]
+    assert stored(backend) == [kept["id"]]  # only the deleted job's files are gone
 
 
 def test_unknown_or_malformed_job_ids(client):
@@ -538,30 +575,52 @@ def test_a_resolution_change_within_the_limits_is_stylized(client, serving, tmp_
         assert [(f.width, f.height) for f in container.decode(video=0)] == [(64, 48)] * 55
 
 
-def test_bad_input_found_by_the_worker_is_not_retried_and_leaves_no_partial(serving, monkeypatch, clip):
+def test_bad_input_found_by_the_worker_is_not_retried_and_leaves_no_partial(backend, monkeypatch, clip):
     settings = with_env(monkeypatch, job_retries=2)
     with make_client(settings) as c:
         created = upload(c, clip.read_bytes()).json()
-        folder = settings.jobs_dir / created["id"]
-        (folder / "input.mp4").write_bytes(b"garbage, not a video\n" * 100)  # what the probe passed is gone
-        (folder / ".output.abc123.partial.mp4").write_bytes(b"half")  # as a killed attempt leaves it
+        put_stored(settings, created["id"], "input.mp4", b"garbage, not a video\n" * 100)  # the probed file is gone
+        partial = plant_partial(settings, created["id"])  # as a killed attempt leaves it
         assert attempts(settings) == 1
         job = c.get(created["status_url"]).json()
     assert job["status"] == "failed" and job["retries_left"] == 0
     assert job["error"].startswith("not a usable video: not a readable video") and no_server_details(job["error"])
-    assert sorted(p.name for p in folder.iterdir()) == ["input.mp4"]
+    assert stored(settings, created["id"]) == ["input.mp4"]
+    assert not partial.exists() and local_leftovers(settings) == []
 
 
-def test_a_stale_partial_is_removed_when_the_job_runs_again(client, serving, clip):
-    created = upload(client, clip.read_bytes(), max_side=32).json()
-    folder = serving.jobs_dir / created["id"]
-    (folder / ".output.dead01.partial.mp4").write_bytes(b"half")
-    run_queued_jobs(serving)
-    assert client.get(created["status_url"]).json()["status"] == "finished"
-    assert sorted(p.name for p in folder.iterdir()) == ["input.mp4", "output.mp4"]
+def test_a_stale_partial_is_removed_when_the_job_runs_again(bclient, backend, clip):
+    created = upload(bclient, clip.read_bytes(), max_side=32).json()
+    partial = plant_partial(backend, created["id"])
+    run_queued_jobs(backend)
+    assert bclient.get(created["status_url"]).json()["status"] == "finished"
+    assert stored(backend, created["id"]) == ["input.mp4", "output.mp4"]
+    assert not partial.exists() and local_leftovers(backend) == []
 
 
-def test_an_internal_error_keeps_its_retries_and_shows_no_exception_text(serving, monkeypatch, clip):
+def test_the_sweep_deletes_expired_jobs_but_not_running_ones(bclient, backend, clip):
+    """A worker's maintenance pass: jobs untouched for the TTL go, whatever the storage; a running one stays."""
+    old, running = (upload(bclient, clip.read_bytes()).json()["id"] for _ in range(2))
+    worker = build_worker(backend.model_copy(update={"job_ttl_seconds": 2}))
+    worker.register_birth()
+    job = queue_of(backend).fetch_job(running)
+    worker.prepare_execution(job)  # what a worker does right before running a job: it is in the started registry
+    worker.prepare_job_execution(job)
+    time.sleep(3.1)  # past the TTL (S3 keeps modification times to the second)
+    fresh = upload(bclient, clip.read_bytes()).json()["id"]
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CLIPMORPH_JOB_TTL_SECONDS", "2")
+            get_settings.cache_clear()
+            worker.run_maintenance_tasks()
+    finally:
+        get_settings.cache_clear()
+        worker.register_death()
+    assert stored(backend) == sorted([running, fresh])
+    assert old not in stored(backend)
+
+
+def test_an_internal_error_keeps_its_retries_and_shows_no_exception_text(backend, monkeypatch, clip):
     import worker.jobs
 
     def broken(*args, **kwargs):
@@ -574,6 +633,7 @@ def test_an_internal_error_keeps_its_retries_and_shows_no_exception_text(serving
         assert attempts(settings) == 2  # the first attempt and its retry
         job = c.get(created["status_url"]).json()
     assert job["status"] == "failed" and "internal error" in job["error"] and no_server_details(job["error"])
+    assert stored(settings, created["id"]) == ["input.mp4"] and local_leftovers(settings) == []
 
 
 def test_image_errors_name_no_server_path(serving, monkeypatch):
@@ -661,15 +721,15 @@ def test_delete_before_the_finish_wins_and_the_job_stays_cancelled(client, servi
     assert client.delete(f"/v1/jobs/{job.id}").status_code == 204  # idempotent
 
 
-def test_a_worker_whose_job_was_cancelled_meanwhile_keeps_nothing(client, serving, clip):
+def test_a_worker_whose_job_was_cancelled_meanwhile_keeps_nothing(bclient, backend, clip):
     """The DELETE's mark reaches a worker that never got the stop command: the job ends cancelled, once."""
-    created = upload(client, clip.read_bytes()).json()
-    outcome = settle.cancel(queue_of(serving).connection, created["id"], 60)  # as DELETE, minus the RQ cancel
+    created = upload(bclient, clip.read_bytes()).json()
+    outcome = settle.cancel(queue_of(backend).connection, created["id"], 60)  # as DELETE, minus the RQ cancel
     assert outcome == settle.CancelOutcome(settle.CANCELLED, True)
-    assert attempts(serving) == 1
-    job = client.get(created["status_url"]).json()
+    assert attempts(backend) == 1
+    job = bclient.get(created["status_url"]).json()
     assert job["status"] == "cancelled" and job["retries_left"] == 0 and job["error"] is None
-    assert job_dirs(serving) == []
+    assert stored(backend) == [] and local_leftovers(backend) == []
 
 
 def test_job_timeout_scales_with_pixels_times_frames(client, serving, clip):
@@ -714,13 +774,11 @@ def test_max_side_between_1_and_15_is_refused():
         StyleForm(style="kandinsky", max_side=8)
 
 
-def test_upload_refused_with_507_when_the_disk_would_fill(serving, clip):
-    serving.jobs_dir.mkdir(parents=True, exist_ok=True)
-    before = set(serving.jobs_dir.iterdir())
-    with make_client(serving, min_free_disk_bytes=10**18) as c:  # more free space than any disk has
+def test_upload_refused_with_507_when_the_disk_would_fill(backend, clip):
+    with make_client(backend, min_free_disk_bytes=10**18) as c:  # more free space than any disk has
         r = upload(c, clip.read_bytes())
         assert r.status_code == 507 and "disk space" in r.json()["detail"]
-    assert set(serving.jobs_dir.iterdir()) == before  # refused before any job folder was made
+    assert stored(backend) == [] and local_leftovers(backend) == []  # refused before any folder was made
 
 
 @pytest.mark.parametrize("epilogue", [b"\r\n", b"\r\nJUNK-AFTER-THE-END" * 1000])

@@ -1,7 +1,8 @@
 """POST /v1/images past CLIPMORPH_MAX_SYNC_IMAGE_PIXELS: 202 and a job a worker stylizes in tiles at full size.
 
 The API runs in-process (FastAPI TestClient) against a real redis-server and a real MLflow
-registry; queued jobs are run by a real StylizeWorker in burst mode in this process. The
+registry; queued jobs are run by a real StylizeWorker in burst mode in this process, with the
+jobs kept in each storage in turn where marked (the local folder, a bucket on moto's S3 server). The
 thresholds are set low (a few thousand pixels, tiles of 128x128) so that a 601x451 image
 takes the queued, tiled path in seconds; what a 6000x4500 photo takes, only larger.
 """
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
 from rq import Queue
-from serving_helpers import tiny_registry
+from serving_helpers import fetch_result, local_leftovers, stored, tiny_registry
 
 import clipmorph.video.inference
 import worker.jobs
@@ -64,6 +65,19 @@ def serving(registry_env, tmp_path, monkeypatch, one_torch_thread) -> Settings:
 @pytest.fixture
 def client(serving):
     with TestClient(create_app(serving)) as c:
+        yield c
+
+
+@pytest.fixture
+def backend(serving, storage_backend) -> Settings:
+    """The test's settings with each job storage in turn (local folder, S3 bucket)."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture
+def bclient(backend):
+    with TestClient(create_app(backend)) as c:
         yield c
 
 
@@ -126,7 +140,8 @@ def test_small_image_is_answered_directly_and_one_pixel_more_is_a_job(client, se
     assert list((serving.var_dir / "uploads").iterdir()) == []  # the temp upload is gone, the job keeps a copy
 
 
-def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(client, serving, monkeypatch):
+def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(bclient, backend, monkeypatch):
+    client, serving = bclient, backend
     tiled_inputs = []
     real_tiled = clipmorph.video.inference.stylize_tiled
 
@@ -146,6 +161,7 @@ def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(client, servi
     assert queued["status"] == "queued" and queued["style"] == STYLE and queued["queue_position"] == 0
     assert queued["options"] == {"max_side": 0, "strength": 1.0, "format": "png"}
     assert client.get(created["result_url"]).status_code == 409
+    assert stored(serving, created["id"]) == ["input.png"]
 
     assert attempts(serving) == 1
     # The worker stylized the whole image at its full size, in tiles of TILE_PIXELS.
@@ -161,7 +177,7 @@ def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(client, servi
     assert job["progress"]["done"] == job["progress"]["total"] == passes
     assert job["progress"]["eta_seconds"] == 0
 
-    result = client.get(created["result_url"])
+    result = fetch_result(client, created["result_url"])
     assert result.status_code == 200
     assert result.headers["content-type"] == "image/png"
     assert f'filename="{created["id"]}.png"' in result.headers["content-disposition"]
@@ -172,10 +188,10 @@ def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(client, servi
     got = np.asarray(out).astype(int)
     assert np.abs(got - np.asarray(expected).astype(int)).max() <= 1
     assert np.abs(got - np.asarray(photo).astype(int)).mean() > 5
-    folder = serving.jobs_dir / created["id"]
-    assert sorted(p.name for p in folder.iterdir()) == ["input.png", "output.png"]
+    assert stored(serving, created["id"]) == ["input.png", "output.png"]
+    assert local_leftovers(serving) == []
 
-    ranged = client.get(created["result_url"], headers={"Range": "bytes=0-7"})
+    ranged = fetch_result(client, created["result_url"], headers={"Range": "bytes=0-7"})
     assert ranged.status_code == 206 and ranged.content == result.content[:8]
     assert client.delete(f"/v1/jobs/{created['id']}").status_code == 409  # finished: its result stays
 
@@ -235,17 +251,20 @@ def test_an_image_that_turns_out_unreadable_fails_once_with_a_clear_message(clie
     assert [p.name for p in (serving.jobs_dir / created["id"]).iterdir()] == ["input.png"]  # no partial output
 
 
-def test_a_queued_image_job_can_be_cancelled(client, serving):
+def test_a_queued_image_job_can_be_cancelled(bclient, backend):
+    client, serving = bclient, backend
     created = post_image(client, encoded(picture(SIZE))).json()
+    assert stored(serving) == [created["id"]]
     assert client.delete(f"/v1/jobs/{created['id']}").status_code == 204
     assert client.get(created["status_url"]).json()["status"] == "cancelled"
-    assert not (serving.jobs_dir / created["id"]).exists()
+    assert stored(serving) == []
     build_worker(serving).work(burst=True)
     assert client.get(created["status_url"]).json()["status"] == "cancelled"
     assert client.get(created["result_url"]).status_code == 409
 
 
-def test_a_running_image_job_stops_between_tiles_when_deleted(client, serving, monkeypatch):
+def test_a_running_image_job_stops_between_tiles_when_deleted(bclient, backend, monkeypatch):
+    client, serving = bclient, backend
     created = post_image(client, encoded(picture(SIZE))).json()
     deleted = []
     reporter = worker.jobs.ProgressReporter.__call__
@@ -260,7 +279,7 @@ def test_a_running_image_job_stops_between_tiles_when_deleted(client, serving, m
     assert deleted == [204]
     job = client.get(created["status_url"]).json()
     assert job["status"] == "cancelled" and job["progress"]["done"] < job["progress"]["total"]
-    assert not (serving.jobs_dir / created["id"]).exists()
+    assert stored(serving) == [] and local_leftovers(serving) == []
 
 
 def test_a_large_image_needs_redis_but_a_small_one_does_not(serving):

@@ -2,8 +2,11 @@
 
 Two kinds: a video (stylize_job) and a still image too large to stylize in the
 API's request (stylize_image_job, from POST /v1/images past
-settings.max_sync_image_pixels). A job's id is the UUID of its folder
-(clipmorph.jobs.files.JobFiles). Its meta holds what a status request shows while it
+settings.max_sync_image_pixels). A job's id is the UUID its input and output are stored
+under (clipmorph.jobs.storage: the local jobs folder, or a bucket). Each attempt works in a
+local folder (the storage's workspace: with a bucket the input is downloaded there, because
+PyAV needs a seekable file, and the output is uploaded from there once complete), which is
+cleared when the attempt ends, however it ends. Its meta holds what a status request shows while it
 runs: the model name and version in use, and progress (frames, or for an image
 network passes, done/total, their rate, ETA), saved at most twice a second.
 An image is stylized at the size its options ask for, in tiles of
@@ -16,7 +19,8 @@ client in meta["error"]: running it again would fail the same way. Anything
 else (a worker killed mid-job, a timeout) keeps RQ's retries. A Redis restart is
 waited out (the worker's connection retries with backoff, worker.runner); a
 progress write that still fails is skipped, never fatal.
-Half-written files are removed on every failure, and when a new attempt starts.
+Half-written files are removed on every failure, and when a new attempt starts; a bucket
+never holds one (an object appears whole or not at all).
 A job ends exactly once, finished or cancelled (clipmorph.jobs.settle).
 """
 
@@ -39,7 +43,8 @@ from rq.job import Job, get_current_job
 from clipmorph.jobs import settle
 from clipmorph.jobs.files import JobFiles
 from clipmorph.jobs.models import ModelCache
-from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_file
+from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_name
+from clipmorph.jobs.storage import JobStorage, open_storage
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import get_settings
 from clipmorph.video import tiling
@@ -67,7 +72,7 @@ class JobCancelled(Exception):
 
 
 class InputMissing(LookupError):
-    """The job's folder has no input: it was deleted (cancelled) or expired."""
+    """The job has no stored input: it was deleted (cancelled) or expired."""
 
 
 # Failures that would repeat on every attempt: never retried.
@@ -147,50 +152,54 @@ def _cancelled_by_delete(job: Job) -> bool:
 
 def stylize_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's uploaded video with the style's current champion; -> what was made and with which model."""
-    return _run(lambda job, files, source: _stylize(job, files, source, style, options), "video")
+    return _run(lambda job, source, output: _stylize(job, source, output, style, options), "video")
 
 
 def stylize_image_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's uploaded image with the style's current champion, at the input's size, tiled."""
-    return _run(lambda job, files, source: _stylize_image(job, files, source, style, options), "image")
+    return _run(lambda job, source, output: _stylize_image(job, source, output, style, options), "image")
 
 
-def _run(stylize: Callable[[Job, JobFiles, Path], dict[str, Any]], kind: str) -> dict[str, Any]:
-    """A job's life around `stylize`: cancellation, the end settled once, failures kept or not retried."""
+def _run(stylize: Callable[[Job, Path, Path], dict[str, Any]], kind: str) -> dict[str, Any]:
+    """A job's life around `stylize(job, input, output)`: the input fetched, the output stored, cancellation,
+    the end settled once, failures kept or not retried, the attempt's local files removed."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("jobs run inside an RQ worker")
     settings = get_settings()
-    files = JobFiles.of(settings.jobs_dir, job.id)
-    files.remove_partials()  # left by an earlier attempt whose worker was killed
+    storage = open_storage(settings)
+    work = storage.workspace(job.id)  # without what an earlier attempt, killed, left behind
+    name, media_type = result_name(job.meta)
     source: Path | None = None
     try:
         if settle.is_cancelled(job.connection, job.id):
             raise JobCancelled(f"job {job.id} cancelled")
-        source = _input_of(files, kind)
-        result = stylize(job, files, source)
+        source = _input_of(storage, job.id, work, kind)
+        result = stylize(job, source, work.dir / name)
+        storage.store_output(job.id, work, name, media_type)
         if settle.finish(job.connection, job.id, settings.job_ttl_seconds) != settle.FINISHED:
             raise JobCancelled(f"job {job.id} cancelled")  # a DELETE came first: it wins
         return result
     except BaseException as e:
-        files.remove_partials()
         if _cancelled_by_delete(job):
-            files.delete()
+            storage.delete(job.id)
             _no_retry(job)
             raise JobCancelled(f"job {job.id} cancelled") from None
         if isinstance(e, DETERMINISTIC_ERRORS):
             _no_retry(job, _client_message(e, source))
-        raise  # anything else (a timeout, a worker shutting down, Redis) keeps its retries
+        raise  # anything else (a timeout, a worker shutting down, Redis, the storage) keeps its retries
+    finally:
+        storage.release(work)  # half-written files, and with a bucket the local copies
 
 
-def _input_of(files: JobFiles, kind: str = "video") -> Path:
+def _input_of(storage: JobStorage, job_id: str, work: JobFiles, kind: str = "video") -> Path:
     try:
-        return files.find_input()
+        return storage.fetch_input(job_id, work)
     except FileNotFoundError:
         raise InputMissing(f"the job's {kind} is gone (deleted or expired)") from None
 
 
-def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
+def _stylize(job: Job, source: Path, output: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
     loaded = models().get(style)
     job.meta.update(model_name=loaded.name, model_version=loaded.version)
     job.save_meta()
@@ -199,7 +208,7 @@ def _stylize(job: Job, files: JobFiles, source: Path, style: str, options: dict[
     try:
         info = stylize_video(
             source,
-            files.output,  # written to a temp file and renamed when complete: readers never see half a video
+            output,  # written to a temp file and renamed when complete: readers never see half a video
             loaded.model,
             stylize_options,
             progress=ProgressReporter(job, job.connection),
@@ -266,11 +275,10 @@ def image_passes(model: Any, width: int, height: int, max_side: int | None, tile
     return 1 + len(tiling.spans(h, tile, overlap, align)) * len(tiling.spans(w, tile, overlap, align))
 
 
-def _stylize_image(job: Job, files: JobFiles, source: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
+def _stylize_image(job: Job, source: Path, output: Path, style: str, options: dict[str, Any]) -> dict[str, Any]:
     loaded = models().get(style)
     job.meta.update(model_name=loaded.name, model_version=loaded.version)
     job.save_meta()
-    output, _ = result_file(files, job.meta)
     log.info("job %s: %s with %s v%s", job.id, source.name, loaded.name, loaded.version)
     stylize_options = StylizeOptions(max_side=options.get("max_side"), strength=options.get("strength", 1.0))
     width, height = job.meta.get("width") or 0, job.meta.get("height") or 0

@@ -30,7 +30,7 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from clipmorph import registry
-from clipmorph.jobs.files import purge_expired
+from clipmorph.jobs.storage import StorageUnavailable, open_storage
 from clipmorph.serving import redisconn
 from clipmorph.settings import Settings, get_settings
 from worker.jobs import cancel_requested
@@ -78,7 +78,10 @@ class StylizeWorker(SimpleWorker):
         running = set()
         for queue in self.queues:
             running.update(queue.started_job_registry.get_job_ids(cleanup=False))
-        purge_expired(settings.jobs_dir, settings.job_ttl_seconds, keep=running)
+        try:
+            open_storage(settings).purge_expired(settings.job_ttl_seconds, keep=running)
+        except StorageUnavailable:  # logged by the storage; the next pass tries again
+            log.warning("could not purge expired jobs: the job storage is unavailable")
 
 
 def build_worker(settings: Settings | None = None, name: str | None = None) -> StylizeWorker:

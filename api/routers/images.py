@@ -27,9 +27,8 @@ from fastapi.responses import JSONResponse
 
 from api import schemas
 from api.deps import Services, ServicesDep
-from api.routers.jobs import FILE_FIELD, check_style, parse_form
+from api.routers.jobs import FILE_FIELD, check_style, forget_input, parse_form
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
-from clipmorph.jobs.files import JobFiles
 from clipmorph.jobs.queue import enqueue_stylize_image, image_refusal
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import Settings
@@ -86,7 +85,7 @@ def _input_suffix(fmt: str) -> str:
 
 
 def _place(upload: Path, target: Path) -> None:
-    """The received file, as the job's input (a hard link where the folders share a disk, else a copy)."""
+    """The received file, as the job's staged input (a hard link where the folders share a disk, else a copy)."""
     try:
         os.link(upload, target)
     except OSError:
@@ -96,19 +95,24 @@ def _place(upload: Path, target: Path) -> None:
 def queue_image(
     services: Services, upload: Path, form: schemas.ImageForm, size: tuple[int, int], fmt: str
 ) -> tuple[str, dict]:
-    """Make the job's folder, put the image in it and queue the job; -> (job id, its options) (blocking)."""
+    """Store the image as a job's input and queue the job; -> (job id, its options) (blocking)."""
     settings = services.settings
-    services.redis.ping()  # Redis down: 503 (api.main) before a folder is made
+    services.redis.ping()  # Redis down: 503 (api.main) before anything is stored
     check_style(services, form.style)
     job_id = str(uuid.uuid4())
-    files = JobFiles.of(settings.jobs_dir, job_id)
-    files.dir.mkdir(parents=True)
+    staged = services.storage.staging(job_id)  # with the local storage, the job's own folder
+    staged.dir.mkdir(parents=True)
     options = {"max_side": form.max_side, "strength": form.strength, "format": form.format}
+    stored = False
     try:
-        _place(upload, files.input(_input_suffix(fmt)))
+        _place(upload, staged.input(_input_suffix(fmt)))
+        services.storage.store_input(job_id, staged)
+        stored = True
         enqueue_stylize_image(services.queue, job_id, form.style, options, size, settings)
     except BaseException:
-        files.delete()
+        staged.delete()
+        if stored:
+            forget_input(services, job_id)
         raise
     return job_id, options
 
@@ -130,7 +134,10 @@ def queue_image(
         408: {"description": "The upload took longer than the upload deadline"},
         413: {"description": "Upload or image over a limit"},
         422: {"description": "Not a readable image, or unknown style"},
-        503: {"description": "A large image needs the job queue (Redis), which is unavailable; see Retry-After"},
+        503: {
+            "description": "A large image needs the job queue (Redis) and the job storage; one is unavailable; see "
+            "Retry-After"
+        },
         507: {"description": "Not enough free disk space for the upload"},
     },
 )
@@ -138,7 +145,9 @@ async def stylize_image(request: Request, services: ServicesDep) -> Response:
     settings = services.settings
     upload_dir = settings.var_dir / "uploads"
     upload_dir.mkdir(parents=True, exist_ok=True)
-    ensure_disk_space(request, settings.jobs_dir, settings.max_image_upload_bytes, settings.min_free_disk_bytes)
+    ensure_disk_space(
+        request, services.storage.staging_dir, settings.max_image_upload_bytes, settings.min_free_disk_bytes
+    )
     with tempfile.NamedTemporaryFile(dir=upload_dir, suffix=".upload") as sink:
         received = await receive_form(
             request, FILE_FIELD, sink, settings.max_image_upload_bytes, settings.upload_deadline_seconds

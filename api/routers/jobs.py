@@ -1,5 +1,10 @@
 """Video jobs: upload and enqueue, status, result (with HTTP Range), cancel.
 
+An upload streams into a local staging folder, is probed there, then becomes the job's input in
+the job storage (clipmorph.jobs.storage: the local jobs folder, or a bucket). A result is served
+from the local folder (Starlette answers Range), or from a bucket through a 307 to a presigned
+URL (the bucket answers Range), behind the same bearer token or signed link either way.
+
 Uploads over a limit the probe can see (frame size, frame count, duration) are refused
 with 413; the worker checks every frame again and fails the job with the same message.
 A DELETE and a finishing worker race through clipmorph.jobs.settle: a job still queued or
@@ -16,7 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import ValidationError
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation
@@ -26,8 +31,9 @@ from api import jobstate, schemas
 from api.deps import Services, ServicesDep, signed_result_url
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.jobs import settle
-from clipmorph.jobs.files import JobFiles, input_suffix
-from clipmorph.jobs.queue import enqueue_stylize, result_file
+from clipmorph.jobs.files import input_suffix
+from clipmorph.jobs.queue import enqueue_stylize, result_name
+from clipmorph.jobs.storage import Redirect, StorageUnavailable
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
 from clipmorph.video.pipeline import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
@@ -92,19 +98,21 @@ def _urls(request: Request, job_id: str) -> tuple[str, str]:
         408: {"description": "The upload took longer than the upload deadline"},
         429: {"description": "Too many uploads in progress from this client; see Retry-After"},
         422: {"description": "Not a video, or unknown style"},
-        503: {"description": "The job queue (Redis) is unavailable; see Retry-After"},
+        503: {"description": "The job queue (Redis) or the job storage is unavailable; see Retry-After"},
     },
 )
 async def create_job(request: Request, services: ServicesDep) -> schemas.JobCreated:
     settings = services.settings
     # Fail before receiving what may be hundreds of megabytes that could not be queued anyway.
     await run_in_threadpool(services.redis.ping)
-    ensure_disk_space(request, settings.jobs_dir, settings.max_upload_bytes, settings.min_free_disk_bytes)
+    storage = services.storage
+    ensure_disk_space(request, storage.staging_dir, settings.max_upload_bytes, settings.min_free_disk_bytes)
     job_id = str(uuid.uuid4())
-    files = JobFiles.of(settings.jobs_dir, job_id)
-    files.dir.mkdir(parents=True)
+    staged = storage.staging(job_id)  # with the local storage, the job's own folder
+    staged.dir.mkdir(parents=True)
+    stored = False
     try:
-        with files.upload.open("wb") as sink:
+        with staged.upload.open("wb") as sink:
             received = await receive_form(
                 request, FILE_FIELD, sink, settings.max_upload_bytes, settings.upload_deadline_seconds
             )
@@ -118,13 +126,17 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"max_side may be at most {settings.max_video_side}"
             )
         await run_in_threadpool(check_style, services, form.style)
-        source = files.input(input_suffix(received.filename))
-        files.upload.rename(source)
+        source = staged.input(input_suffix(received.filename))
+        staged.upload.rename(source)
         info = await run_in_threadpool(probe_upload, source, settings)
         options = {"max_side": form.max_side, "strength": form.strength, "stabilize": form.stabilize.value}
+        await run_in_threadpool(storage.store_input, job_id, staged)
+        stored = True
         await run_in_threadpool(enqueue_stylize, services.queue, job_id, form.style, options, info, settings)
     except BaseException:
-        files.delete()
+        staged.delete()
+        if stored:
+            forget_input(services, job_id)
         raise
     status_url, result_url = _urls(request, job_id)
     log.info("job %s queued: %s, %d bytes, %s", job_id, form.style, received.size, options)
@@ -135,6 +147,14 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
         result_url=result_url,
         input=schemas.VideoSummary.model_validate(info, from_attributes=True),
     )
+
+
+def forget_input(services: Services, job_id: str) -> None:
+    """Delete a stored input whose job could not be queued (blocking; rare: Redis failed after its ping)."""
+    try:
+        services.storage.delete(job_id)
+    except StorageUnavailable:
+        log.warning("job %s: could not delete its unqueued input; the expiry sweep will", job_id)
 
 
 def _job_or_404(services: Services, job_id: uuid.UUID):
@@ -165,21 +185,27 @@ def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schem
     responses={
         200: {"content": {"video/mp4": {}, "image/png": {}, "image/jpeg": {}, "image/webp": {}}},
         206: {"description": "Partial content"},
+        307: {"description": "With a bucket for storage: a presigned URL of the result (it answers Range itself)"},
         409: {},
         410: {},
     },
 )
-def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> FileResponse:
+def get_job_result(job_id: uuid.UUID, services: ServicesDep) -> Response:
     job = _job_or_404(services, job_id)
     state = jobstate.state_of(job, settle.ended(services.redis, job.id))
     if state is not schemas.JobState.finished:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state.value}, there is no result yet")
     # A video's output.mp4, or an image job's image (api.routers.images) in the format it asked for.
-    output, media_type = result_file(JobFiles.of(services.settings.jobs_dir, job_id), job.get_meta(refresh=False))
-    if not output.exists():
+    name, media_type = result_name(job.get_meta(refresh=False))
+    download_name = f"{job_id}{Path(name).suffix}"
+    found = services.storage.result(str(job_id), name, media_type, download_name)
+    if found is None:
         raise HTTPException(status.HTTP_410_GONE, f"the result of job {job_id} was deleted or has expired")
+    if isinstance(found, Redirect):
+        # 307: the client repeats its GET, Range header included, at the bucket.
+        return RedirectResponse(found.url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     # Starlette's FileResponse answers Range requests (206 + Content-Range) itself.
-    return FileResponse(output, media_type=media_type, filename=f"{job_id}{output.suffix}")
+    return FileResponse(found, media_type=media_type, filename=download_name)
 
 
 @router.delete(
@@ -198,7 +224,7 @@ def delete_job(job_id: uuid.UUID, services: ServicesDep) -> Response:
     if outcome.changed:
         _stop(job)
     # Cancelled now or earlier, or failed: there is no result to keep.
-    JobFiles.of(services.settings.jobs_dir, job_id).delete()
+    services.storage.delete(str(job_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,10 +1,11 @@
-"""Where a job's files live: <jobs_dir>/<uuid>/input.<ext>, output.mp4.
+"""A job's folder on local disk: <root>/<uuid>/input.<ext>, output.<ext>, half-written files, expiry.
 
-The jobs directory is shared by the API (which writes inputs) and every worker
-(which writes outputs): on one machine it is a folder, in docker-compose a
-volume, across machines a network filesystem. Directory names are only ever
-server-made UUIDs and file names are fixed here, so nothing a client sends
-becomes part of a path.
+With the default local storage (clipmorph.jobs.storage.LocalStorage) the folders under
+<var_dir>/jobs are where jobs are kept, shared by the API (which writes inputs) and every
+worker (which writes outputs): on one machine a folder, in docker-compose a volume, across
+machines a network filesystem. With a bucket the same layout is the API's staging folder for an
+upload and a worker's workspace for one attempt. Folder names are only ever server-made UUIDs and
+file names are fixed here, so nothing a client sends becomes part of a path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """How the API hands a job to the workers: the queue entry, its time budget, where its result lands.
 
 The API enqueues by the job function's dotted name ("worker.jobs.stylize_job"), so this module and
-the API never import the worker: RQ resolves the name in the worker's process. The job's folder
-(clipmorph.jobs.files) holds its input and output; its meta holds the style, the options and
-progress (written by the worker, read by GET /v1/jobs/{id}).
+the API never import the worker: RQ resolves the name in the worker's process. The job's storage
+(clipmorph.jobs.storage: a local folder or a bucket) holds its input and output; its meta holds the
+style, the options and progress (written by the worker, read by GET /v1/jobs/{id}).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.job import Job
 
-from clipmorph.jobs.files import JobFiles
+from clipmorph.jobs.storage import open_storage
 from clipmorph.settings import Settings, get_settings
 from clipmorph.video.pipeline import VideoInfo
 
@@ -28,7 +28,9 @@ IMAGE_JOB = "worker.jobs.stylize_image_job"
 
 # Frames stylized by all workers ever: a Redis counter so the API's /metrics sees every worker's work.
 FRAMES_COUNTER_KEY = "clipmorph:metrics:frames_stylized"
-# An image job's result, by the `format` of POST /v1/images: (file name in the job's folder, media type).
+# A video job's result: (its name in the job's storage, media type).
+VIDEO_RESULT = ("output.mp4", "video/mp4")
+# An image job's result, by the `format` of POST /v1/images: (its name in the job's storage, media type).
 IMAGE_RESULTS = {
     "png": ("output.png", "image/png"),
     "jpeg": ("output.jpg", "image/jpeg"),
@@ -113,12 +115,11 @@ def _enqueue(
     )
 
 
-def result_file(files: JobFiles, meta: dict[str, Any]) -> tuple[Path, str]:
-    """A job's output and its media type: output.mp4 for a video, the image job's file in its format."""
+def result_name(meta: dict[str, Any]) -> tuple[str, str]:
+    """A job's output name and media type: output.mp4 for a video, the image job's file in its format."""
     if meta.get("kind") == "image":
-        name, media_type = IMAGE_RESULTS[(meta.get("options") or {}).get("format", "png")]
-        return files.dir / name, media_type
-    return files.output, "video/mp4"
+        return IMAGE_RESULTS[(meta.get("options") or {}).get("format", "png")]
+    return VIDEO_RESULT
 
 
 def image_refusal(path: Path, max_pixels: int) -> tuple[bool, str]:
@@ -146,4 +147,4 @@ def remove_partials(
     tb: TracebackType | None = None,
 ) -> None:
     """RQ failure callback, also for a job abandoned by a dead worker: drop its half-written files."""
-    JobFiles.of(get_settings().jobs_dir, job.id).remove_partials()
+    open_storage(get_settings()).remove_partials(job.id)
