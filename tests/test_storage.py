@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
@@ -184,3 +185,25 @@ def test_the_sweep_leaves_what_is_not_a_job_and_local_leftovers_go_too(serving, 
     assert storage.purge_expired(3600, keep={running}, now=time.time() + 7200) == 1
     assert keys(s3_bucket) == sorted([f"{PREFIX}notes.txt", f"{PREFIX}{running}/input.mp4", "elsewhere/x"])
     assert local_leftovers(serving) == []
+
+
+def test_a_large_input_goes_up_in_parts_and_comes_back_whole(serving, s3_bucket):
+    """Past boto3's multipart threshold (8 MiB) an upload is several parts, visible only once completed."""
+    storage = open_storage(serving)
+    job_id = str(uuid.uuid4())
+    staged = storage.staging(job_id)
+    staged.dir.mkdir(parents=True)
+    data = np.random.default_rng(0).integers(0, 256, 9 * 1024 * 1024 + 17, dtype=np.uint8).tobytes()
+    staged.input("mkv").write_bytes(data)
+    storage.store_input(job_id, staged)
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key=f"{PREFIX}{job_id}/input.mkv")
+    assert head["ContentLength"] == len(data) and "-" in head["ETag"]  # a multipart object's ETag: <md5>-<parts>
+    assert not staged.dir.exists()
+    work = storage.workspace(job_id)
+    fetched = storage.fetch_input(job_id, work)
+    assert fetched.name == "input.mkv" and fetched.read_bytes() == data
+    assert sorted(p.name for p in work.dir.iterdir()) == ["input.mkv"]  # no half-downloaded file beside it
+    storage.release(work)
+    assert local_leftovers(serving) == []
+    storage.delete(job_id)
+    assert keys(s3_bucket) == []
