@@ -30,6 +30,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from clipmorph.settings import Settings
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "the job storage is unavailable; try again shortly"
+# The error codes of an object that is not there (HEAD answers a bare 404).
+_MISSING = ("404", "NoSuchKey", "NotFound")
 # S3's DeleteObjects takes at most this many keys per call.
 _DELETE_BATCH = 1000
 
@@ -217,7 +220,7 @@ class S3Storage(JobStorage):
         return self.local_dir / "scratch"
 
     @contextlib.contextmanager
-    def _calls(self, what: str):
+    def _calls(self, what: str) -> Iterator[None]:
         """botocore's failures as StorageUnavailable; what they said goes to the log only."""
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
@@ -237,7 +240,13 @@ class S3Storage(JobStorage):
         with self._calls("deleting"):
             for start in range(0, len(keys), _DELETE_BATCH):
                 batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
-                self.client.delete_objects(Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True})
+                answer = self.client.delete_objects(
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+                # DeleteObjects answers 200 and lists the keys it could not delete (denied, ...): not deleted.
+                if errors := answer.get("Errors"):
+                    log.warning("job storage: deleting failed for %d keys, e.g. %s", len(errors), errors[0])
+                    raise StorageUnavailable()
 
     # The API's side ----------------------------------------------------------------------
 
@@ -259,7 +268,7 @@ class S3Storage(JobStorage):
             try:
                 self.client.head_object(Bucket=self.location.bucket, Key=key)
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if e.response.get("Error", {}).get("Code") in _MISSING:
                     return None
                 raise
         with self._calls("signing a result link"):
@@ -296,8 +305,15 @@ class S3Storage(JobStorage):
         name = inputs[0].removeprefix(prefix)
         target = work.dir / name
         partial = work.dir / f".{name}.partial"  # half a download is never taken for the input
+        from botocore.exceptions import ClientError
+
         with self._calls("fetching an input"):
-            self.client.download_file(self.location.bucket, inputs[0], str(partial))
+            try:
+                self.client.download_file(self.location.bucket, inputs[0], str(partial))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in _MISSING:  # deleted since it was listed
+                    raise FileNotFoundError(f"job {job_id} has no input (deleted or expired)") from None
+                raise
         partial.rename(target)
         return target
 
