@@ -207,3 +207,24 @@ def test_a_large_input_goes_up_in_parts_and_comes_back_whole(serving, s3_bucket)
     assert local_leftovers(serving) == []
     storage.delete(job_id)
     assert keys(s3_bucket) == []
+
+
+def test_compose_keeps_jobs_in_a_minio_bucket_it_creates_before_the_api_and_workers_start():
+    import yaml
+
+    from clipmorph.settings import REPO_ROOT
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["minio"]["image"].startswith("minio/minio") and "minio-data" in compose["volumes"]
+    init = services["minio-init"]
+    assert init["image"].startswith("minio/mc") and init["restart"] == "no"
+    assert init["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        default = env["CLIPMORPH_STORAGE_URL"].removeprefix("${CLIPMORPH_STORAGE_URL-").removesuffix("}")
+        bucket = S3Location.parse(default).bucket
+        assert f"mb --ignore-existing clipmorph/{bucket}" in init["command"][0]  # the bucket the URL names
+        assert env["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL:-http://minio:9000}"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= set(env)
+        assert services[name]["depends_on"]["minio-init"] == {"condition": "service_completed_successfully"}
