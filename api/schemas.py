@@ -166,10 +166,11 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description="ok when redis, registry and workers all are; else unavailable.")
+    status: str = Field(description="ok when redis, registry, workers and storage all are; else unavailable.")
     redis: bool = Field(description="Redis answers.")
     registry: bool = Field(description="The MLflow model registry answers.")
     workers: bool = Field(description="At least one live worker serves the queue (RQ worker registry).")
+    storage: bool = Field(description="The job storage (jobs folder or bucket) can be written to.")
 
 
 class PromotionRequest(BaseModel):

@@ -674,13 +674,13 @@ def closed_port() -> int:
 def test_readiness_reports_each_dependency_and_needs_a_live_worker(client, serving):
     r = client.get("/readyz")
     assert r.status_code == 503
-    assert r.json() == {"status": "unavailable", "redis": True, "registry": True, "workers": False}
+    assert r.json() == {"status": "unavailable", "redis": True, "registry": True, "workers": False, "storage": True}
     worker = build_worker(serving)
     worker.register_birth()
     try:
         r = client.get("/readyz")
         assert r.status_code == 200
-        assert r.json() == {"status": "ok", "redis": True, "registry": True, "workers": True}
+        assert r.json() == {"status": "ok", "redis": True, "registry": True, "workers": True, "storage": True}
     finally:
         worker.register_death()
     assert client.get("/readyz").json()["workers"] is False
@@ -690,7 +690,7 @@ def test_readiness_without_redis_has_no_exception_text(serving):
     with make_client(serving, redis_url=f"redis://127.0.0.1:{closed_port()}/0") as c:
         r = c.get("/readyz")
     assert r.status_code == 503
-    assert r.json() == {"status": "unavailable", "redis": False, "registry": True, "workers": False}
+    assert r.json() == {"status": "unavailable", "redis": False, "registry": True, "workers": False, "storage": True}
 
 
 def test_delete_after_the_finish_is_refused_and_the_result_stays(client, serving, clip):

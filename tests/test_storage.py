@@ -155,6 +155,10 @@ def test_a_missing_bucket_is_503_and_names_no_bucket(serving, s3_bucket, clip, m
     assert r.status_code == 503 and r.json() == {"detail": UNAVAILABLE}
     assert no_storage_details(r.text, s3_bucket)
     assert Queue(serving.queue_name, connection=Redis.from_url(serving.redis_url)).count == 0
+    with client_for(serving) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["storage"] is False and r.json()["redis"] is True
+    assert no_storage_details(r.text, s3_bucket)
 
 
 def test_a_job_whose_input_vanished_fails_once_with_a_clear_message(serving, s3_bucket, clip):

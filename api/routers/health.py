@@ -25,7 +25,7 @@ def healthz() -> schemas.Health:
 @router.get(
     "/readyz",
     response_model=schemas.Readiness,
-    summary="Redis and the model registry answer, and a worker is alive",
+    summary="Redis, the model registry and the job storage answer, and a worker is alive",
     responses={503: {"model": schemas.Readiness}},
 )
 def readyz(services: ServicesDep) -> JSONResponse:
@@ -35,6 +35,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
         "registry": _passes(lambda: services.registry().search_registered_models(max_results=1), "registry"),
     }
     checks["workers"] = checks["redis"] and _passes(lambda: live_workers(services.queue) > 0, "workers")
+    checks["storage"] = _passes(services.storage.ready, "storage")
     ready = all(checks.values())
     body = schemas.Readiness(status="ok" if ready else "unavailable", **checks)
     return JSONResponse(body.model_dump(), status_code=status.HTTP_200_OK if ready else 503)

@@ -110,6 +110,10 @@ class JobStorage(ABC):
     def purge_expired(self, ttl_seconds: float, keep: set[str] = frozenset(), now: float | None = None) -> int:
         """Delete jobs untouched for `ttl_seconds`, except those in `keep` (running); -> how many."""
 
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether jobs can be stored now (for /readyz); raises or answers False when not."""
+
 
 class LocalStorage(JobStorage):
     """The jobs folder: <jobs_dir>/<uuid>/ is at once the upload's staging, the worker's workspace and the store."""
@@ -153,6 +157,10 @@ class LocalStorage(JobStorage):
 
     def purge_expired(self, ttl_seconds: float, keep: set[str] = frozenset(), now: float | None = None) -> int:
         return purge_expired(self.jobs_dir, ttl_seconds, keep, now)
+
+    def ready(self) -> bool:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        return os.access(self.jobs_dir, os.W_OK)
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,11 @@ class S3Storage(JobStorage):
                 if errors := answer.get("Errors"):
                     log.warning("job storage: deleting failed for %d keys, e.g. %s", len(errors), errors[0])
                     raise StorageUnavailable()
+
+    def ready(self) -> bool:
+        with self._calls("checking the bucket"):
+            self.client.head_bucket(Bucket=self.location.bucket)  # the bucket exists and these credentials reach it
+        return True
 
     # The API's side ----------------------------------------------------------------------
 
