@@ -51,7 +51,8 @@ from clipmorph.video.inference import (
     resize,
     stylize_frames,
 )
-from clipmorph.video.pipeline import probe, stylize_video
+from clipmorph.video.pipeline import stylize_video
+from clipmorph.video.probe import probe
 
 RESULTS = REPO_ROOT / "bench-results" / "pipeline.json"
 

@@ -19,16 +19,8 @@ from clipmorph.model.artifact import ModelInfo, save_model
 from clipmorph.model.network import PRESETS, build
 from clipmorph.video.flow import warping_error
 from clipmorph.video.inference import StylizeOptions
-from clipmorph.video.pipeline import (
-    Progress,
-    StylizeCancelled,
-    VideoError,
-    VideoLimitError,
-    VideoLimits,
-    batch_size_for,
-    probe,
-    stylize_video,
-)
+from clipmorph.video.pipeline import Progress, StylizeCancelled, batch_size_for, stylize_video
+from clipmorph.video.probe import VideoError, VideoLimitError, VideoLimits, probe
 
 FAST = {"max_side": 96, "stabilize": "none", "batch_size": 4}
 

@@ -49,14 +49,8 @@ from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import get_settings
 from clipmorph.video import tiling
 from clipmorph.video.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
-from clipmorph.video.pipeline import (
-    Progress,
-    StylizeCancelled,
-    VideoError,
-    VideoLimitError,
-    public_message,
-    stylize_video,
-)
+from clipmorph.video.pipeline import Progress, StylizeCancelled, stylize_video
+from clipmorph.video.probe import VideoError, VideoLimitError, public_message
 
 log = logging.getLogger(__name__)
 

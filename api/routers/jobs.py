@@ -36,7 +36,7 @@ from clipmorph.jobs.queue import enqueue_stylize, result_name
 from clipmorph.jobs.storage import Redirect, StorageUnavailable
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
-from clipmorph.video.pipeline import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
+from clipmorph.video.probe import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])

@@ -30,7 +30,8 @@ def stylize(
     from tqdm import tqdm
 
     from clipmorph.video.inference import ImageError, StylizeOptions, load_stylizer, norm_smoothing, stylize_image
-    from clipmorph.video.pipeline import Progress, VideoError, stylize_video
+    from clipmorph.video.pipeline import Progress, stylize_video
+    from clipmorph.video.probe import VideoError
 
     if input.resolve() == output.resolve():
         raise fail("OUTPUT must differ from INPUT")

@@ -20,7 +20,7 @@ from rq.job import Job
 
 from clipmorph.jobs.storage import open_storage
 from clipmorph.settings import Settings, get_settings
-from clipmorph.video.pipeline import VideoInfo
+from clipmorph.video.probe import VideoInfo
 
 # The job functions, run by a worker (worker/jobs.py).
 VIDEO_JOB = "worker.jobs.stylize_job"

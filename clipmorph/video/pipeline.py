@@ -3,58 +3,39 @@
     decode thread     PyAV demux + decode -> RGB frames (+ the network-sized copy)
     motion thread     DIS optical flow between consecutive inputs (only for flow stabilisation)
     inference thread  batches through the network
-    calling thread    stabilise, scale back, blend, encode (libx264) and mux, with the audio copied
+    calling thread    stabilise, scale back, blend, encode and mux (clipmorph.video.writer)
 
-Stages are joined by bounded queues, so memory stays flat for any length.
+Stages are joined by bounded queues, so memory stays flat for any length. The input is
+checked by clipmorph.video.probe first, and every decoded frame again against the same limits,
+because a stream can grow mid-file. A frame whose size differs from the first is scaled to the
+first frame's size (the output has one size), as ffmpeg does. Memory is bounded by design:
+frames are batched up to settings.batch_pixels network pixels, a frame larger than that on its
+own is stylized in tiles of settings.tile_pixels, and the queues hold a few batches.
 
-The output keeps what the input had: one output frame per decoded frame with the
-same presentation timestamps (variable frame rates stay variable), the same
-display size and display matrix (rotation), and every audio stream (packets
-copied when the output container accepts the codec, else transcoded to AAC).
-Even sizes are encoded as yuv420p. H.264 can only crop 4:2:0 pictures in
-2-pixel steps (x264: "crop-rect not divisible by 2x2") and PyAV cannot write a
-container crop (mp4 `clap`), so an odd width or height is encoded as yuv444p
-(High 4:4:4) at the exact size instead of stretching or padding it; nearly all
-camera footage has even sizes. Subtitle and data streams are not copied.
-
-The output is written to a hidden temporary file beside `dst` and renamed only
-when complete, so a failure or a cancellation never leaves a partial file.
-
-Inputs are held to the limits in settings (VideoLimits: frame side and pixels,
-frame count, duration): `probe` checks what the container says and the first
-frame, and the decode loop checks every frame again, because a stream can grow
-mid-file. A frame whose size differs from the first is scaled to the first
-frame's size (the output has one size), as ffmpeg does. Memory is bounded by
-design: frames are batched up to settings.batch_pixels network pixels, a frame
-larger than that on its own is stylized in tiles of settings.tile_pixels, and
-the queues between the stages hold a few batches.
+The output keeps what the input had (see clipmorph.video.writer). It is written to a hidden
+temporary file beside `dst` and renamed only when complete, so a failure or a cancellation
+never leaves a partial file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
-import logging
 import os
 import queue
-import struct
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import av.error
-import cv2
 import numpy as np
-from av.sidedata.sidedata import Type as SideDataType
 
 from clipmorph.model.network import Stylizer
-from clipmorph.settings import Settings, get_settings
+from clipmorph.settings import get_settings
 from clipmorph.video.inference import (
     DEFAULT_NORM_SMOOTHING,
     StylizeOptions,
@@ -64,74 +45,28 @@ from clipmorph.video.inference import (
     stylize_array,
     stylize_frames,
 )
+from clipmorph.video.probe import (
+    VideoError,
+    VideoInfo,
+    VideoLimits,
+    decoded_frames,
+    display_matrix,
+    frame_rate,
+    named_errors,
+    open_input,
+    probe,
+    reason,
+    video_stream,
+)
 from clipmorph.video.stabilize import FlowStabilizer, Motion, MotionTracker
+from clipmorph.video.writer import VideoWriter
 
-log = logging.getLogger(__name__)
-
-VIDEO_CODEC = "libx264"
-FALLBACK_AUDIO_CODEC = "aac"
 # How often (seconds) progress is reported and cancellation polled.
 REPORT_INTERVAL = 0.5
 
 
-class VideoError(ValueError):
-    """The input cannot be stylized as a video; the message says why."""
-
-
-class VideoLimitError(VideoError):
-    """The input is over one of the configured limits (frame size, frame count, duration)."""
-
-
-@dataclass(frozen=True)
-class VideoLimits:
-    """What a video may be at most; `from_settings()` reads the configured limits."""
-
-    max_side: int
-    max_pixels: int
-    max_frames: int
-    max_seconds: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> VideoLimits:
-        s = settings or get_settings()
-        return cls(s.max_video_side, s.max_frame_pixels, s.max_video_frames, s.max_video_seconds)
-
-    def check_size(self, width: int, height: int) -> None:
-        if max(width, height) > self.max_side:
-            raise VideoLimitError(f"{width}x{height} frames are larger than the limit of {self.max_side} pixels a side")
-        if width * height > self.max_pixels:
-            raise VideoLimitError(
-                f"{width}x{height} frames have more pixels than the limit of {self.max_pixels} per frame"
-            )
-
-    def check_frames(self, frames: int) -> None:
-        if frames > self.max_frames:
-            raise VideoLimitError(f"the video has more frames than the limit of {self.max_frames}")
-
-    def check_seconds(self, seconds: float) -> None:
-        if seconds > self.max_seconds:
-            raise VideoLimitError(f"the video is longer than the limit of {self.max_seconds:g} seconds")
-
-
-def public_message(error: VideoError, path: Path) -> str:
-    """The error's message without the file name it starts with (a server-side name, for clients)."""
-    return str(error).removeprefix(f"{Path(path).name}: ")
-
-
 class StylizeCancelled(RuntimeError):
     """`should_cancel` returned True; no output was written."""
-
-
-@dataclass
-class VideoInfo:
-    width: int  # stored frame size; `rotation` says how it is displayed
-    height: int
-    frames: int | None
-    duration: float | None  # seconds, from the timestamps (not the container's claim)
-    fps: float | None  # nominal (average) frame rate
-    rotation: int  # degrees counter-clockwise from the display matrix, 0..359
-    has_audio: bool
-    codec: str
 
 
 @dataclass
@@ -140,131 +75,6 @@ class Progress:
     total: int | None
     fps: float
     eta_seconds: float | None
-
-
-# ---------------------------------------------------------------- probing
-
-
-@contextlib.contextmanager
-def open_input(path: Path) -> Iterator[av.container.InputContainer]:
-    """av.open for reading, with every failure turned into a VideoError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path.name}: no such file")
-    try:
-        container = av.open(str(path), "r", metadata_errors="ignore")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"{path.name}: not a readable video ({_reason(e)})") from None
-    try:
-        yield container
-    finally:
-        container.close()
-
-
-def _reason(e: Exception) -> str:
-    return getattr(e, "strerror", None) or str(e)
-
-
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        raise VideoError(f"{Path(path).name}: the file has no video stream")
-    return container.streams.video[0]
-
-
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """Limit errors raised inside get the file's name in front, like every other VideoError."""
-    try:
-        yield
-    except VideoLimitError as e:
-        raise VideoLimitError(f"{Path(path).name}: {e}") from None
-
-
-def _scan_packets(container: av.container.InputContainer, stream, path: Path) -> tuple[int, Fraction | None]:
-    """(number of video packets, span of their timestamps in seconds); raises on a truncated file."""
-    count, first, end = 0, None, None
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's end-of-stream marker
-                continue
-            if packet.is_corrupt:
-                raise VideoError(f"{Path(path).name}: the file is truncated or corrupt (video packet {count + 1})")
-            count += 1
-            if packet.pts is not None:
-                first = packet.pts if first is None else min(first, packet.pts)
-                stop = packet.pts + (packet.duration or 0)
-                end = stop if end is None else max(end, stop)
-    except av.error.FFmpegError as e:
-        raise VideoError(f"{Path(path).name}: the file is truncated or corrupt ({_reason(e)})") from None
-    span = (end - first) * stream.time_base if first is not None and stream.time_base else None
-    return count, span
-
-
-def _decoded(container: av.container.InputContainer, stream, path: Path) -> Iterator[av.VideoFrame]:
-    try:
-        yield from container.decode(stream)
-    except av.error.FFmpegError as e:
-        raise VideoError(f"{Path(path).name}: the video cannot be decoded ({_reason(e)})") from None
-
-
-def frame_rate(stream) -> Fraction | None:
-    """The nominal frame rate as an exact fraction (30000/1001 stays 29.97)."""
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return Fraction(rate) if rate else None
-
-
-def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
-    """The frame's DISPLAYMATRIX side data (9 int32), copied as-is so flips survive too."""
-    try:
-        data = bytes(frame.side_data[SideDataType.DISPLAYMATRIX])
-    except (KeyError, IndexError):
-        return None
-    return struct.unpack("<9i", data[:36]) if len(data) >= 36 else None
-
-
-def probe(path: Path, max_side: int | None = None, limits: VideoLimits | None = None) -> VideoInfo:
-    """Check that `path` is a stylizable video and describe it.
-
-    limits: what the video may be at most (None: the settings; `max_side` overrides their side limit).
-    Raises VideoError when the file is not a video, has no video stream, is
-    truncated, or has no decodable frame, and VideoLimitError when the header,
-    the first frame, the packet count or the timestamps are over a limit.
-    Frames after the first are not decoded here: the decode loop checks them.
-    """
-    path = Path(path)
-    limits = limits or VideoLimits.from_settings()
-    if max_side:
-        limits = dataclasses.replace(limits, max_side=max_side)
-    with open_input(path) as container, _naming(path):
-        stream = _video_stream(container, path)
-        if stream.codec_context.width and stream.codec_context.height:
-            limits.check_size(stream.codec_context.width, stream.codec_context.height)
-        frames, span = _scan_packets(container, stream, path)
-        limits.check_frames(frames)
-        has_audio = bool(container.streams.audio)
-        codec = stream.codec_context.name
-        rate = frame_rate(stream)
-        container_duration = container.duration / av.time_base if container.duration else None
-    if frames == 0:
-        raise VideoError(f"{path.name}: the video stream has no frames")
-    with open_input(path) as container:
-        first = next(_decoded(container, _video_stream(container, path), path), None)
-    if first is None:
-        raise VideoError(f"{path.name}: no frame of the video can be decoded")
-    duration = float(span) if span else container_duration
-    with _naming(path):
-        limits.check_size(first.width, first.height)
-        limits.check_seconds(duration or 0.0)
-    return VideoInfo(
-        width=first.width,
-        height=first.height,
-        frames=frames,
-        duration=duration,
-        fps=float(rate) if rate else None,
-        rotation=round(first.rotation) % 360,
-        has_audio=has_audio,
-        codec=codec,
-    )
 
 
 # ---------------------------------------------------------------- pipeline plumbing
@@ -360,11 +170,11 @@ def _decode_frames(
     src: Path, size: tuple[int, int], net_size: tuple[int, int], limits: VideoLimits
 ) -> Iterator[_Frame]:
     """Decoded frames at `size` (the first frame's), each checked against `limits` as it comes."""
-    with open_input(src) as container, _naming(src):
-        stream = _video_stream(container, src)
+    with open_input(src) as container, named_errors(src):
+        stream = video_stream(container, src)
         stream.thread_type = "AUTO"
         start = None
-        for i, frame in enumerate(_decoded(container, stream, src)):
+        for i, frame in enumerate(decoded_frames(container, stream, src)):
             start = frame.time if start is None else start
             _check_frame(frame, i, start, limits)
             # A resolution change mid-stream: the output has one size, so later sizes are scaled to it.
@@ -411,127 +221,6 @@ def _stylized(frames: Iterable[_Frame], model: Stylizer, batch_size: int, batch_
 
 
 # Channel layouts the AAC encoder accepts, by channel count; anything else is mixed down to stereo.
-_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 8: "7.1"}
-
-
-def _can_copy(codec: str, out: av.container.OutputContainer) -> bool:
-    # FFmpeg's mp4 muxer accepts raw PCM, but almost no player reads PCM from MP4.
-    if codec.startswith("pcm_") and "mp4" in out.format.name.split(","):
-        return False
-    return codec in out.supported_codecs
-
-
-class _AudioCopier:
-    """Muxes the input's audio streams into the output, in step with the video."""
-
-    def __init__(self, src: Path, out: av.container.OutputContainer) -> None:
-        self._input = av.open(str(src), "r", metadata_errors="ignore")
-        self._out = out
-        self._map: dict[int, tuple[av.stream.Stream, bool]] = {}  # input index -> (output stream, copy?)
-        for stream in self._input.streams.audio:
-            codec = stream.codec_context.name
-            if _can_copy(codec, out):
-                self._map[stream.index] = (out.add_stream_from_template(stream), True)
-            else:
-                log.info("output %s cannot hold %s audio: transcoding to AAC", out.format.name, codec)
-                layout = _AAC_LAYOUTS.get(stream.codec_context.channels, "stereo")
-                # Decoders can report an "unspecified order" layout the resampler rejects; name it.
-                if stream.codec_context.channels in _AAC_LAYOUTS:
-                    stream.codec_context.layout = layout
-                encoder = out.add_stream(FALLBACK_AUDIO_CODEC, rate=stream.codec_context.sample_rate, layout=layout)
-                self._map[stream.index] = (encoder, False)
-        streams = self._input.streams.audio
-        self._packets = self._input.demux(*streams) if streams else iter(())
-        self._held: av.Packet | None = None
-
-    def mux_until(self, seconds: float | None) -> None:
-        """Mux audio packets that start before `seconds` (all remaining when None)."""
-        while True:
-            packet = self._held or next(self._packets, None)
-            self._held = None
-            if packet is None:
-                return
-            if packet.size == 0:
-                continue
-            if seconds is not None and packet.pts is not None and packet.pts * packet.time_base > seconds:
-                self._held = packet
-                return
-            self._mux(packet)
-
-    def _mux(self, packet: av.Packet) -> None:
-        out_stream, copy = self._map[packet.stream.index]
-        if copy:
-            packet.stream = out_stream
-            self._out.mux(packet)
-            return
-        for frame in packet.decode():
-            self._out.mux(out_stream.encode(frame))
-
-    def close(self) -> None:
-        self.mux_until(None)
-        for out_stream, copy in self._map.values():
-            if not copy:
-                self._out.mux(out_stream.encode(None))
-        self._input.close()
-
-
-class _VideoWriter:
-    """libx264 encoder + muxer for one output file; set up from the first frame."""
-
-    def __init__(self, path: Path, src: Path, first: _Frame, rate: Fraction | None, time_base: Fraction, crf: int):
-        height, width = first.original.shape[:2]
-        try:
-            self.out = av.open(str(path), "w")
-        except (av.error.FFmpegError, ValueError) as e:
-            raise VideoError(f"cannot write {path.suffix} files ({_reason(e)})") from None
-        try:
-            self.stream = self.out.add_stream(VIDEO_CODEC, rate=rate or Fraction(25))
-        except ValueError:
-            self.out.close()
-            raise VideoError(f"the {path.suffix} format cannot hold H.264 video; use .mp4, .mov or .mkv") from None
-        self.stream.width, self.stream.height = width, height
-        # 4:2:0 needs even sizes; see the module docstring.
-        self.stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self.stream.time_base = time_base
-        self.stream.codec_context.time_base = time_base
-        self.stream.options = {"crf": str(crf), "preset": get_settings().x264_preset}
-        for tag, value in first.colors.items():
-            with contextlib.suppress(AttributeError, ValueError, TypeError):
-                setattr(self.stream.codec_context, tag, value)
-        if first.matrix is not None:
-            self.stream.set_display_matrix(first.matrix)
-        self.audio = _AudioCopier(src, self.out)
-        self.time_base = time_base
-        self._last_pts: int | None = None
-
-    def write(self, rgb: np.ndarray, pts: int | None, duration: int | None) -> None:
-        step = duration or 1
-        # Encoders need strictly increasing timestamps; only a broken input needs this repair.
-        if pts is None or (self._last_pts is not None and pts <= self._last_pts):
-            pts = 0 if self._last_pts is None else self._last_pts + step
-        self._last_pts = pts
-        if self.stream.pix_fmt == "yuv420p":
-            # OpenCV's BT.601 limited-range conversion: what swscale does inside encode (within 2 levels
-            # of chroma), at about a third of the CPU time.
-            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-        else:
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts, frame.time_base = pts, self.time_base
-        if duration:
-            frame.duration = duration
-        self.audio.mux_until(float(pts * self.time_base))
-        self.out.mux(self.stream.encode(frame))
-
-    def close(self) -> None:
-        self.out.mux(self.stream.encode(None))
-        self.audio.close()
-        self.out.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.audio._input.close()
-        with contextlib.suppress(Exception):
-            self.out.close()
 
 
 # ---------------------------------------------------------------- stylize_video
@@ -631,16 +320,16 @@ def _run_pipeline(
     stages.append(inference)
     stabilizer = FlowStabilizer() if use_flow else None
     with open_input(src) as container:
-        stream = _video_stream(container, src)
+        stream = video_stream(container, src)
         rate, time_base = frame_rate(stream), stream.time_base
-    writer: _VideoWriter | None = None
+    writer: VideoWriter | None = None
     done = 0
     for stage in stages:
         stage.start()
     try:
         for f in stages[-1]:
             if writer is None:
-                writer = _VideoWriter(tmp, src, f, rate, time_base, options.crf)
+                writer = VideoWriter(tmp, src, size, f.colors, f.matrix, rate, time_base, options.crf)
             out = stabilizer(f.stylized, f.motion) if stabilizer else f.stylized
             out = blend(resize(out, (info.width, info.height)), f.original, options.strength)
             writer.write(out, f.pts, f.duration)
@@ -652,7 +341,7 @@ def _run_pipeline(
         writer = None
         report(done, final=True)
     except av.error.FFmpegError as e:
-        raise VideoError(f"{src.name}: stylization failed while writing ({_reason(e)})") from None
+        raise VideoError(f"{src.name}: stylization failed while writing ({reason(e)})") from None
     finally:
         stop.set()
         if writer is not None:
