@@ -6,7 +6,9 @@ bigbuckbunny.mp4 scaled to that size) is
   * pushed through the network alone, frames already decoded in memory, in the same batches.
 The pipeline hides decoding and encoding behind inference when its frames/s is
 close to the network's (target: >= 85 %). Peak RSS is the process's high-water
-mark during each run (reset through /proc/self/clear_refs).
+mark during each run (reset through /proc/self/clear_refs; memory the allocator kept from an
+earlier run still counts, so --skip-network for a clean pipeline figure), and for
+--whole-process the `clipmorph stylize` child's own peak (what a worker needs).
 
 --models runs real model folders or registered names the way `clipmorph stylize` loads them
 (load_stylizer: onnxruntime where it can), and --whole-process also times the `clipmorph stylize`
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -107,18 +108,28 @@ def pipeline_fps(model, clip: Path, out: Path, options: StylizeOptions, frames: 
     return frames / (time.perf_counter() - start)
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+# Runs the command given after a file name and writes the command's peak RSS (KiB) and CPU seconds there. The
+# command is forked from this small process: a child forked from the benchmark itself would start with the
+# benchmark's resident pages as its high-water mark (Linux keeps it across exec).
+_RUSAGE = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[2:]).returncode; "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "open(sys.argv[1], 'w').write(f'{u.ru_maxrss} {u.ru_utime + u.ru_stime}'); sys.exit(code)"
+)
 
 
-def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple[float, float]:
-    """(wall s, CPU s) of the whole `clipmorph stylize` process, start-up included."""
+def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of the whole `clipmorph stylize` process, start-up included."""
     code = "import sys; from clipmorph.cli import app; sys.argv[0] = 'clipmorph'; app()"
-    argv = [sys.executable, "-c", code, "stylize", str(clip), str(out), "--model", model]
-    cpu, start = _children_cpu(), time.perf_counter()
-    subprocess.run([*argv, "--stabilize", stabilize_mode], check=True, capture_output=True)
-    return time.perf_counter() - start, _children_cpu() - cpu
+    argv = [sys.executable, "-c", code, "stylize", str(clip), str(out), "--model", model, "--stabilize", stabilize_mode]
+    with tempfile.NamedTemporaryFile("r") as usage:
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _RUSAGE, usage.name, *argv], capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"clipmorph stylize failed ({done.returncode}): {done.stderr[-2000:]}")
+        max_rss_kib, cpu = usage.read().split()
+    return wall, float(cpu), int(max_rss_kib) / 1024
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--presets", default="fast", help="comma-separated: fast,standard,johnson ('' for none)")
     p.add_argument("--models", default="", help="comma-separated model folders or registered names")
     p.add_argument("--whole-process", action="store_true", help="also time `clipmorph stylize` for --models")
+    p.add_argument("--skip-network", action="store_true", help="no network-alone timing (it holds whole frames)")
     p.add_argument("--sizes", default="640x360,1280x720")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--stabilize", default="none,both", help="pipeline stabilisation modes to time")
@@ -161,7 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             frames = decoded(clip)
             for label, model, ref in _subjects(args, device):
                 reset_peak_rss()
-                net = max(network_fps(model, frames, args.batch_size, device) for _ in range(args.repeat))
+                net = float("nan")
+                if not args.skip_network:
+                    net = max(network_fps(model, frames, args.batch_size, device) for _ in range(args.repeat))
                 net_rss = peak_rss_mb()
                 for mode in args.stabilize.split(","):
                     options = StylizeOptions(stabilize=mode, batch_size=args.batch_size)
@@ -182,8 +196,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "pipeline_peak_rss_mb": round(peak_rss_mb(), 1),
                     }
                     if ref is not None and args.whole_process:
-                        wall, cpu = min(process_run(clip, out, ref, mode) for _ in range(args.repeat))
-                        row |= {"process_fps": round(len(frames) / wall, 2), "process_cpu_s": round(cpu, 2)}
+                        wall, cpu, rss = min(process_run(clip, out, ref, mode) for _ in range(args.repeat))
+                        row |= {
+                            "process_fps": round(len(frames) / wall, 2),
+                            "process_cpu_s": round(cpu, 2),
+                            "process_peak_rss_mb": round(rss, 1),
+                        }
                     rows.append(row)
                     print_row(rows[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +287,10 @@ def profile_stages(clip: Path, ref: str, batch_size: int = 4) -> dict:
     return {"clip": str(clip), "frames": n, "stages": stage.times, "pipeline": pipeline}
 
 
-HEADER = f"{'preset':9} {'size':10} {'stabilize':9} {'net fps':>8} {'pipe fps':>8} {'ratio':>6} {'RSS MB':>7}"
+HEADER = (
+    f"{'preset':9} {'size':10} {'stabilize':9} {'net fps':>8} {'pipe fps':>8} {'ratio':>6} {'RSS MB':>7}"
+    f" {'process fps':>11} {'process RSS MB':>14}"
+)
 
 
 def print_row(row: dict) -> None:
@@ -279,6 +300,7 @@ def print_row(row: dict) -> None:
     print(
         f"{row['preset']:9} {row['size']:10} {row['stabilize']:9} {row['network_fps']:8.2f} "
         f"{row['pipeline_fps']:8.2f} {row['ratio']:6.2f} {row['pipeline_peak_rss_mb']:7.0f}"
+        f" {row.get('process_fps', float('nan')):11.2f} {row.get('process_peak_rss_mb', float('nan')):14.0f}"
     )
 
 
