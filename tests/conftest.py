@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clipmorph.settings import REPO_ROOT, get_settings
+from clipmorph.settings import REPO_ROOT, Settings, get_settings
 
 ASSETS = Path(get_settings().assets_dir)
 
@@ -154,3 +154,10 @@ def storage_backend(request) -> str:
     if request.param == "s3":
         request.getfixturevalue("s3_bucket")
     return request.param
+
+
+@pytest.fixture
+def backend(serving, storage_backend) -> Settings:
+    """The test module's `serving` settings with each job storage in turn (local folder, S3 bucket)."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -73,13 +73,6 @@ def client(serving):
 
 
 @pytest.fixture
-def backend(serving, storage_backend) -> Settings:
-    """The test's settings with each job storage in turn (local folder, S3 bucket)."""
-    get_settings.cache_clear()
-    return get_settings()
-
-
-@pytest.fixture
 def bclient(backend):
     with make_client(backend) as c:
         yield c

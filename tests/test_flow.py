@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -133,7 +135,9 @@ def test_flow_stabilizer_carries_the_previous_output_along_the_motion():
     track, stab = MotionTracker(), FlowStabilizer(blend=0.8)
     first = stab(clip[0], track(clip[0]))
     np.testing.assert_array_equal(first, clip[0])  # nothing to blend with yet
-    flicker = np.clip(clip[1].astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    # Flicker as a network makes it: fine texture that differs from frame to frame.
+    noise = np.random.default_rng(0).integers(-40, 41, clip[1].shape)
+    flicker = np.clip(clip[1].astype(np.int16) + noise, 0, 255).astype(np.uint8)
     second = stab(flicker, track(clip[1]))
     dx, dy = SHIFT
     inner = (slice(dy + 4, -4), slice(dx + 4, -4))
@@ -141,3 +145,37 @@ def test_flow_stabilizer_carries_the_previous_output_along_the_motion():
     err_raw = np.abs(flicker[inner].astype(np.float32) - clip[1][inner]).mean()
     err_stab = np.abs(second[inner].astype(np.float32) - clip[1][inner]).mean()
     assert err_stab < 0.35 * err_raw
+
+
+def test_flow_stabilizer_follows_a_fade_without_lag():
+    from clipmorph.video.stabilize import FlowStabilizer, MotionTracker
+
+    still = (smooth_texture(96, 128) * 200 + 20).astype(np.float32)
+    lag = {}
+    for detail_sigma in (0.0, 16.0):  # 0: the whole previous picture is carried (the earlier stabiliser)
+        track, stab = MotionTracker(), FlowStabilizer(detail_sigma=detail_sigma)
+        for t in range(12):
+            frame = np.clip(still * (1 - 0.03 * t), 0, 255).astype(np.uint8)  # darker by ~3 % a frame
+            out = stab(frame, track(frame))
+        lag[detail_sigma] = float(out.astype(np.float32).mean() - frame.astype(np.float32).mean())
+    assert lag[0.0] > 3  # carrying whole pictures lags behind the fade
+    assert abs(lag[16.0]) < 0.5  # coarse light comes from the current frame
+
+
+def test_flow_stabilizer_holds_harder_where_the_input_did_not_change():
+    from clipmorph.video.stabilize import FlowStabilizer, MotionTracker
+
+    still = (smooth_texture(96, 128) * 255).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    errors = {}
+    for hold in (0.8, 0.95):  # 0.8: the same weight as on moving pixels
+        track, stab = MotionTracker(), FlowStabilizer(blend=0.8, hold=hold)
+        outs = []
+        for _ in range(10):
+            motion = track(still)
+            # The network's answer to an unchanged input still flickers (amplified sensor and codec noise).
+            stylized = np.clip(still.astype(np.int16) + rng.integers(-30, 31, still.shape), 0, 255).astype(np.uint8)
+            outs.append(stab(stylized, motion).astype(np.float32))
+        assert motion.still.mean() > 0.95  # the tracker saw nothing change
+        errors[hold] = float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(outs[4:])]))
+    assert errors[0.95] < 0.6 * errors[0.8]
