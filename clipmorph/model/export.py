@@ -113,7 +113,20 @@ def _node_names(path: Path) -> list[str]:
     return [node.name for node in onnx.load(str(path)).graph.node]
 
 
-class OnnxStylizer:
+class NoNormState:
+    """The video engine's hooks for instance-norm smoothing, for runners with no instance norm to smooth."""
+
+    def norms(self) -> list:
+        return []
+
+    def set_norm_smoothing(self, smoothing: float) -> None:
+        pass
+
+    def reset_temporal_state(self) -> None:
+        pass
+
+
+class OnnxStylizer(NoNormState):
     """A model run by onnxruntime on the CPU, callable like a prepared Stylizer on (N, 3, H, W) in [0, 1]."""
 
     device = torch.device("cpu")
@@ -137,16 +150,6 @@ class OnnxStylizer:
         padded = pad_to_multiple(x.float().cpu(), self.config.stride)
         (y,) = self.session.run(None, {"frames": np.ascontiguousarray(padded.numpy())})
         return torch.from_numpy(y)[..., :h, :w]
-
-    # The video engine's hooks for instance-norm smoothing: nothing to smooth in an exportable model.
-    def norms(self) -> list:
-        return []
-
-    def set_norm_smoothing(self, smoothing: float) -> None:
-        pass
-
-    def reset_temporal_state(self) -> None:
-        pass
 
 
 def onnx_for(model_dir: Path, cache_dir: Path) -> Path:
