@@ -25,6 +25,7 @@ from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
 from clipmorph.training import losses
 from clipmorph.training.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.training.overrides import coerce
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +84,6 @@ class OptimizeConfig:
     def to_params(self) -> dict[str, str]:
         """Every field as a string that `from_overrides` turns back into the same value."""
         return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}
-
-
-def coerce(cls: type, overrides: dict[str, str]) -> dict[str, object]:
-    """'key=value' strings -> typed keyword arguments for dataclass `cls` (bool, tuple, int, float, str)."""
-    types = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, object] = {}
-    for key, raw in overrides.items():
-        if key not in types:
-            raise ValueError(f"unknown option {key!r}; options: {', '.join(sorted(types))}")
-        default = types[key].default
-        try:
-            if isinstance(default, bool):
-                kwargs[key] = raw.lower() in {"1", "true", "yes", "on"}
-            elif isinstance(default, tuple):
-                kwargs[key] = tuple(type(default[0])(v) if default else v for v in raw.split(",") if v)
-            elif isinstance(default, int | float):
-                kwargs[key] = type(default)(float(raw)) if isinstance(default, int) else float(raw)
-            else:
-                kwargs[key] = raw
-        except ValueError:
-            raise ValueError(f"option {key}: {raw!r} is not a valid {type(default).__name__}") from None
-    return kwargs
 
 
 def resolve_paths(cfg: OptimizeConfig) -> OptimizeConfig:

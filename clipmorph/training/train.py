@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from clipmorph.model.vgg import load_vgg
 from clipmorph.settings import get_settings
 from clipmorph.training import losses
 from clipmorph.training.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.training.overrides import coerce
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +105,7 @@ class TrainConfig:
     @classmethod
     def from_overrides(cls, overrides: dict[str, str]) -> TrainConfig:
         """Build from 'key=value' strings, converting each value to the field's type."""
-        types = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, raw in overrides.items():
-            if key not in types:
-                raise ValueError(f"unknown training option {key!r}; options: {', '.join(sorted(types))}")
-            default = types[key].default
-            if isinstance(default, bool):
-                kwargs[key] = raw.lower() in {"1", "true", "yes", "on"}
-            elif isinstance(default, tuple):
-                kwargs[key] = tuple(type(default[0])(v) if default else v for v in raw.split(",") if v)
-            else:
-                kwargs[key] = type(default)(raw)
-        return cls(**kwargs)
+        return cls(**coerce(cls, overrides, what="training option"))
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
