@@ -143,6 +143,7 @@ class FlowStabilizer:
             warped = of.warp(self._previous, motion.flow)
             if self.detail_sigma > 0:  # the current frame's coarse light and colour, the previous one's detail
                 warped += _coarse_difference(current, warped, self.detail_sigma)
+                np.clip(warped, 0, 255, out=warped)  # a dark detail under brighter light can dip below 0
             weight = np.float32(self.blend)
             if motion.still is not None:
                 weight = weight + np.float32(self.hold - self.blend) * motion.still
