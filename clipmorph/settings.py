@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     # On a 2-core CPU the encoder competes with the network: "medium" held the pipeline to 83% of
     # network-alone frames/s at 640x360, "veryfast" to 87% (benchmarks/bench_pipeline.py).
     x264_preset: str = Field("veryfast", description="libx264 speed/size trade-off for stylized videos.")
+    # H.264 cannot signal a 1-pixel crop of a 4:2:0 picture (clipmorph/video/writer.py), so an odd-sized video
+    # either grows by one replicated edge pixel and plays everywhere, or keeps its size as 4:4:4 that Safari,
+    # iOS, Android and hardware decoders refuse.
+    odd_video_size: Literal["pad", "exact"] = Field(
+        "pad",
+        description="Odd-sized videos: pad (yuv420p, one replicated edge column/row added to reach even size) "
+        "or exact (yuv444p at the exact size; many players refuse it).",
+    )
     champion_alias: str = "champion"
     # "auto": onnxruntime for models it can run (no instance norm) on the CPU, torch otherwise and on CUDA;
     # the faster of the two on CPU in `make bench` (docs/performance.md). "int8": onnxruntime with int8

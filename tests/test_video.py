@@ -149,12 +149,61 @@ def test_variable_frame_rate_is_kept(video_settings, model, tmp_path):
     assert frame_times(tmp_path / "out.mp4") == [Fraction(p, 1000) for p in pts]
 
 
+def track_header_size(path: Path) -> tuple[int, int]:
+    """Width and height in the first mp4 track header (tkhd), the display size players start from."""
+    data = path.read_bytes()
+    box = data.index(b"tkhd") + 4  # version, flags, then times and ids: 20 bytes (version 0) or 32 (1)
+    end = box + 4 + (32 if data[box] == 1 else 20) + 52  # reserved, layer, group, volume, matrix
+    return int.from_bytes(data[end : end + 4]) >> 16, int.from_bytes(data[end + 4 : end + 8]) >> 16
+
+
+@pytest.mark.parametrize(("size", "padded"), [((321, 241), (322, 242)), ((96, 47), (96, 48)), ((855, 481), (856, 482))])
+def test_odd_size_is_padded_by_one_edge_pixel_in_yuv420p(video_settings, model, tmp_path, size, padded):
+    """H.264 cannot crop 4:2:0 by one pixel (writer.py), so the size every header and decoder sees is the padded one."""
+    pts = [0, 40, 80, 200, 210]  # variable frame rate
+    src = make_clip(
+        tmp_path / "odd.mp4",
+        size=size,
+        pts=pts,
+        time_base=Fraction(1, 1000),
+        rotation=90,
+        audio="aac",
+        pix_fmt="yuv444p",
+    )
+    info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
+    assert (info.width, info.height) == padded  # probed
+    assert info.rotation == 90
+    frame = first_frame(tmp_path / "out.mp4")
+    assert (frame.width, frame.height, frame.format.name) == (*padded, "yuv420p")  # decoded
+    assert track_header_size(tmp_path / "out.mp4") == padded
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].sample_aspect_ratio in (None, Fraction(1))  # no display-size stretch
+    assert frame_times(tmp_path / "out.mp4") == frame_times(src) == [Fraction(p, 1000) for p in pts]
+    assert audio_packets(tmp_path / "out.mp4") == audio_packets(src)
+    # The added column/row repeats the picture's last one (up to coding loss), not black or a stretch.
+    rgb = frame.to_ndarray(format="rgb24").astype(int)
+    w, h = size
+    if padded[0] > w:
+        edge, inner = np.abs(rgb[:, w] - rgb[:, w - 1]).mean(), np.abs(rgb[:, w - 1] - rgb[:, w - 2]).mean()
+        assert edge < inner / 4, (edge, inner)
+    if padded[1] > h:
+        edge, inner = np.abs(rgb[h] - rgb[h - 1]).mean(), np.abs(rgb[h - 1] - rgb[h - 2]).mean()
+        assert edge < inner / 4, (edge, inner)
+
+
 @pytest.mark.parametrize("size", [(321, 241), (855, 481)])
-def test_odd_size_is_kept_exactly(video_settings, model, tmp_path, size):
+def test_odd_size_is_kept_exactly_in_yuv444p_when_asked(video_settings, model, tmp_path, monkeypatch, size):
+    from clipmorph.settings import get_settings
+
+    monkeypatch.setenv("CLIPMORPH_ODD_VIDEO_SIZE", "exact")
+    get_settings.cache_clear()
     src = make_clip(tmp_path / "odd.mp4", size=size, pts=list(range(3)), pix_fmt="yuv444p")
     info = stylize_video(src, tmp_path / "out.mp4", model, StylizeOptions(**FAST))
     assert (info.width, info.height) == size
-    assert (first_frame(tmp_path / "out.mp4").width, first_frame(tmp_path / "out.mp4").height) == size
+    frame = first_frame(tmp_path / "out.mp4")
+    assert (frame.width, frame.height, frame.format.name) == (*size, "yuv444p")
+    assert track_header_size(tmp_path / "out.mp4") == size
+    assert frame_times(tmp_path / "out.mp4") == frame_times(src)
 
 
 def test_rotation_metadata_is_kept(video_settings, model, tmp_path):

@@ -2,10 +2,20 @@
 
 One output frame per input frame, with its timestamps; the display matrix (rotation) and colour
 tags of the first frame; every audio stream copied packet for packet when the output container
-accepts its codec, else transcoded to AAC. Even sizes are encoded yuv420p. H.264 can only crop
-4:2:0 pictures in 2-pixel steps (x264: "crop-rect not divisible by 2x2") and PyAV cannot write a
-container crop (mp4 `clap`), so an odd width or height is encoded as yuv444p (High 4:4:4) at the
-exact size instead of stretching or padding it; nearly all camera footage has even sizes.
+accepts its codec, else transcoded to AAC. Video is encoded yuv420p (H.264 High), what every
+browser, phone and hardware decoder plays.
+
+An odd width or height cannot be kept exactly in 4:2:0 H.264: the SPS crop counts in units of
+the chroma subsampling (H.264 7.4.2.1.1: CropUnitX = SubWidthC = 2, CropUnitY = 2 for 4:2:0),
+so a 322x242 picture can be cropped to 320x240 but never to 321x241. FFmpeg's `h264_metadata`
+bitstream filter refuses `crop_right=1` ("must be a multiple of 2"), x264 refuses the crop
+("crop-rect not divisible by 2x2"), and PyAV cannot write a container crop (mp4 `clap`), which
+FFmpeg's decoders would not apply anyway. So `odd_video_size` (settings) chooses: "pad" (the
+default) adds one column and/or row, a copy of the last one, at the right and bottom of the
+stored picture and encodes that even size in yuv420p: it plays everywhere, and every header and
+decoder reports the padded size. "exact" encodes yuv444p (High 4:4:4) at the exact size, which
+many players and hardware decoders refuse (Debian's Chromium, decoding with FFmpeg, plays it).
+Nearly all camera footage has even sizes.
 """
 
 from __future__ import annotations
@@ -115,12 +125,15 @@ class VideoWriter:
         except ValueError:
             self.out.close()
             raise VideoError(f"the {path.suffix} format cannot hold H.264 video; use .mp4, .mov or .mkv") from None
-        self.stream.width, self.stream.height = width, height
         # 4:2:0 needs even sizes; see the module docstring.
-        self.stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        settings = get_settings()
+        exact = settings.odd_video_size == "exact" and (width % 2 == 1 or height % 2 == 1)
+        self._pad = (0, 0) if exact else (width % 2, height % 2)  # columns, rows to add
+        self.stream.width, self.stream.height = width + self._pad[0], height + self._pad[1]
+        self.stream.pix_fmt = "yuv444p" if exact else "yuv420p"
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
-        self.stream.options = {"crf": str(crf), "preset": get_settings().x264_preset}
+        self.stream.options = {"crf": str(crf), "preset": settings.x264_preset}
         for tag, value in colors.items():
             with contextlib.suppress(AttributeError, ValueError, TypeError):
                 setattr(self.stream.codec_context, tag, value)
@@ -136,6 +149,8 @@ class VideoWriter:
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + step
         self._last_pts = pts
+        if any(self._pad):
+            rgb = cv2.copyMakeBorder(rgb, 0, self._pad[1], 0, self._pad[0], cv2.BORDER_REPLICATE)
         if self.stream.pix_fmt == "yuv420p":
             # OpenCV's BT.601 limited-range conversion: what swscale does inside encode (within 2 levels
             # of chroma), at about a third of the CPU time.
