@@ -25,13 +25,18 @@ from clipmorph.settings import Settings, get_settings
 
 
 def make_clip(
-    path: Path, frames: int = 12, size: tuple[int, int] = (64, 48), fps: int = 12, audio: bool = True
+    path: Path,
+    frames: int = 12,
+    size: tuple[int, int] = (64, 48),
+    fps: int = 12,
+    audio: bool = True,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
-    """An H.264 clip of a moving gradient, with a sine tone (AAC) when `audio`."""
+    """An H.264 clip of a moving gradient, with a sine tone (AAC) when `audio` (yuv444p for odd sizes)."""
     width, height = size
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.options = {"preset": "ultrafast"}
         sound = container.add_stream("aac", rate=16000) if audio else None
         yy, xx = np.mgrid[0:height, 0:width]

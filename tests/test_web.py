@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import httpx
 import pytest
 from PIL import Image
@@ -273,6 +274,31 @@ def test_video_upload_plays_the_stylized_result(stack: Stack, browser: WebDriver
     assert _requests(stack, "GET", "/jobs/{job_id}/result", 206) >= 1
     assert _requests(stack, "GET", "/jobs/{job_id}/result", 200) == whole_results  # never fetched whole
     _screenshot(browser, "video-result")
+
+
+def test_odd_sized_video_plays_one_pixel_larger_in_yuv420p(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    """97x65 cannot be 4:2:0 H.264 (clipmorph/video/writer.py): the result is 98x66 yuv420p, which any player takes."""
+    clip = make_clip(
+        tmp_path / "odd.mp4", frames=CLIP_FRAMES, size=(97, 65), fps=CLIP_FPS, audio=False, pix_fmt="yuv444p"
+    )
+    _open(browser, stack)
+    _choose_file(browser, clip)
+    browser.find_element(By.ID, "max-side").clear()
+    browser.find_element(By.ID, "max-side").send_keys("64")
+    browser.find_element(By.ID, "submit").click()
+
+    _wait(browser, lambda d: d.find_element(By.ID, "result").is_displayed(), JOB_SECONDS, "no result appeared")
+    video = "document.getElementById('result-video')"
+    _wait(browser, lambda d: d.execute_script(f"return {video}.readyState") >= 2, 30, "no frame of the result decoded")
+    assert browser.execute_script(f"return [{video}.videoWidth, {video}.videoHeight, {video}.error]") == [98, 66, None]
+    browser.execute_script(f"{video}.muted = true; {video}.play()")
+    _wait(browser, lambda d: d.execute_script(f"return {video}.currentTime") > 0, 30, "the result did not play")
+    # What the player got is the portable 4:2:0 (Chromium would also have played 4:4:4).
+    result = tmp_path / "result.mp4"
+    result.write_bytes(httpx.get(browser.execute_script(f"return {video}.currentSrc"), timeout=30).content)
+    with av.open(str(result)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    assert _script_errors(browser) == []
 
 
 def test_non_video_upload_explains_the_problem(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
