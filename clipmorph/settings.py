@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     # network-alone frames/s at 640x360, "veryfast" to 87% (benchmarks/bench_pipeline.py).
     x264_preset: str = Field("veryfast", description="libx264 speed/size trade-off for stylized videos.")
     # H.264 cannot signal a 1-pixel crop of a 4:2:0 picture (clipmorph/video/writer.py), so an odd-sized video
-    # either grows by one replicated edge pixel and plays everywhere, or keeps its size as 4:4:4 that Safari,
-    # iOS, Android and hardware decoders refuse.
+    # either grows by one replicated edge pixel and plays everywhere, or keeps its size as 4:4:4 that many
+    # players and hardware decoders refuse.
     odd_video_size: Literal["pad", "exact"] = Field(
         "pad",
         description="Odd-sized videos: pad (yuv420p, one replicated edge column/row added to reach even size) "
