@@ -26,6 +26,9 @@ help:  ## list targets
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	@# opencv-contrib-python-headless replaced opencv-python-headless (same cv2 module, plus DeepFlow): drop the old one
+	@# first, or both would own cv2/ and removing either later would break the other.
+	$(PY) -m pip uninstall -y -q opencv-python-headless 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

