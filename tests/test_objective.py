@@ -57,8 +57,8 @@ def test_perceptual_losses_vanish_on_their_own_targets_and_not_on_another_painti
     x = load_style_tensor(painting("kandinsky").path, 64)
     own = objective.style_targets(vgg, [painting("kandinsky")], 64, LAYERS, SCALES, CPU)
     other = objective.style_targets(vgg, [painting("klimt")], 64, LAYERS, SCALES, CPU)
-    content = objective.content_target(vgg, x, "relu2_2")
-    assert not content.requires_grad
+    content = objective.content_target(vgg, x.clone().requires_grad_(True), "relu2_2")
+    assert not content.requires_grad  # a fixed target: no graph back to the input
 
     same = objective.perceptual_losses(vgg, x, content, own, "relu2_2", LAYERS, SCALES)
     assert same["content"].item() == 0.0 and same["style"].item() < 1e-12
@@ -75,6 +75,8 @@ def test_perceptual_losses_are_float32_under_bfloat16_autocast(vgg, one_torch_th
     with torch.autocast("cpu", dtype=torch.bfloat16):
         content = objective.content_target(vgg, x, "relu2_2")
         assert content.dtype == torch.bfloat16  # the VGG itself does run in bfloat16 here
+        grams = losses.multiscale_grams(vgg, x, LAYERS, SCALES)
         found = objective.perceptual_losses(vgg, x, content, target, "relu2_2", LAYERS, SCALES)
+    assert {g.dtype for g in grams.values()} == {torch.float32}  # the bmm alone gives bfloat16 here
     assert {v.dtype for v in found.values()} == {torch.float32}
     assert found["style"].item() > 0
