@@ -31,7 +31,6 @@ import av
 import numpy as np
 import PIL.Image
 import torch
-from torchvision.transforms import v2
 
 from clipmorph.evaluation import quality
 from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_FPS, STYLE, WARPING
@@ -40,8 +39,8 @@ from clipmorph.model.device import resolve_device
 from clipmorph.model.network import Stylizer
 from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.training import losses
-from clipmorph.training.data import find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.training import objective
+from clipmorph.training.data import centre_crops, find_images, load_rgb, parse_style_spec
 from clipmorph.video.inference import (
     StylizeOptions,
     network_size,
@@ -125,16 +124,11 @@ def style_target(
     """Weighted multi-scale Gram matrices of the style images, as in training."""
     items = parse_style_spec(spec, get_settings().styles_dir)
     hashes = {i["name"]: i.get("sha256") for i in recorded or []}
-    target: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for item in items:
-            expected = hashes.get(item.path.stem)
-            if expected and sha256_file(item.path) != expected:
-                log.warning("style image %s differs from the one the model was trained on", item.path)
-            img = load_style_tensor(item.path, setup.style_size).to(device)
-            for key, g in losses.multiscale_grams(vgg, img, setup.style_layers, setup.style_scales).items():
-                target[key] = target.get(key, 0) + item.weight * g
-    return target
+    for item in items:
+        expected = hashes.get(item.path.stem)
+        if expected and sha256_file(item.path) != expected:
+            log.warning("style image %s differs from the one the model was trained on", item.path)
+    return objective.style_targets(vgg, items, setup.style_size, setup.style_layers, setup.style_scales, device)
 
 
 def validation_photos(count: int, size: int) -> torch.Tensor:
@@ -143,8 +137,7 @@ def validation_photos(count: int, size: int) -> torch.Tensor:
     paths = find_images([folder])[:count]
     if not paths:
         raise FileNotFoundError(f"no validation photos in {folder}; run `make data`")
-    crop = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    return torch.stack([crop(to_tensor(load_rgb(p))) for p in paths])
+    return centre_crops(paths, size)
 
 
 def read_frames(path: Path, count: int, max_side: int) -> list[np.ndarray]:
@@ -215,15 +208,11 @@ def photo_losses(
     model.set_norm_smoothing(0.0)
     x = photos.to(device)
     y = _forward(model, x, device)
-    # One VGG pass of the output serves the content loss and the full-scale Gram matrices.
-    feats = vgg(y, sorted({setup.content_layer, *setup.style_layers}))
-    grams = {f"{layer}@1": losses.gram(feats[layer]) for layer in setup.style_layers if 1.0 in setup.style_scales}
-    grams |= losses.multiscale_grams(vgg, y, setup.style_layers, [s for s in setup.style_scales if s != 1.0])
-    content_target = vgg(x, [setup.content_layer])[setup.content_layer]
-    return {
-        "style_loss": losses.style_loss(grams, target).item(),
-        "content_loss": losses.content_loss(feats[setup.content_layer], content_target).item(),
-    }
+    found = objective.perceptual_losses(
+        vgg, y, objective.content_target(vgg, x, setup.content_layer), target,
+        setup.content_layer, setup.style_layers, setup.style_scales,
+    )  # fmt: skip
+    return {"style_loss": found["style"].item(), "content_loss": found["content"].item()}
 
 
 def painting_paths(spec: str) -> list[tuple[Path, float]]:

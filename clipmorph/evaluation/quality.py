@@ -25,8 +25,9 @@ import torch
 
 from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.training.data import load_style_tensor
-from clipmorph.training.losses import gram, multiscale_grams, rescaled
+from clipmorph.training.data import StyleImage
+from clipmorph.training.losses import multiscale_grams
+from clipmorph.training.objective import style_targets
 from clipmorph.video.flow import masked_warp_mse, visible_mask
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu2_2", "relu3_1")
@@ -67,9 +68,8 @@ def painting_grams(
 ) -> dict:
     """Gram matrices of the painting with its longer side = `side`; cached, as every frame reuses them."""
     with torch.inference_mode():
-        painting_img = load_style_tensor(Path(painting), side).to(_device(vgg))
-        # The training losses' own multi-scale Grams (keys "relu2_1@0.5"), so the numbers are comparable.
-        return multiscale_grams(vgg, painting_img, layers, scales)
+        # The training's own style target (keys "relu2_1@0.5"), so the numbers are comparable.
+        return style_targets(vgg, [StyleImage(Path(painting))], side, layers, scales, _device(vgg))
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,11 +88,11 @@ def _style_scores(
     """Style distances of batch x; `full` = its features at scale 1 when already computed."""
     layers, scales = tuple(layers), tuple(float(s) for s in scales)
     target = painting_grams(vgg, str(painting), max(x.shape[-2:]), layers, scales)
+    grams = multiscale_grams(vgg, x, layers, scales, full)
     result = {}
     for scale in scales:
-        feats = full if scale == 1 and full is not None else vgg(rescaled(x, scale), list(layers))
-        per_layer = [_relative(gram(feats[layer]), target[f"{layer}@{scale:g}"]) for layer in layers]
-        result[f"style@{scale:g}"] = float(np.mean(per_layer))
+        keys = [f"{layer}@{scale:g}" for layer in layers]
+        result[f"style@{scale:g}"] = float(np.mean([_relative(grams[key], target[key]) for key in keys]))
     result["style"] = float(np.mean([result[f"style@{s:g}"] for s in scales]))
     return result
 

@@ -57,6 +57,17 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return v2.functional.to_dtype(v2.functional.pil_to_tensor(img), torch.float32, scale=True)
 
 
+def centre_crops(paths: Sequence[Path], size: int) -> torch.Tensor:
+    """(N, 3, size, size): each photo's shorter side scaled to `size`, then its centre, the same on every call.
+
+    The fixed validation pictures: training's validation sheets and the evaluation's training losses.
+    """
+    from torchvision.transforms import v2
+
+    crop = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    return torch.stack([crop(to_tensor(load_rgb(p))) for p in paths])
+
+
 class PhotoDataset(Dataset):
     """Random crops of photos shown at frame scale; unreadable files are skipped with a warning and counted.
 

@@ -125,12 +125,21 @@ def rescaled(img: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def multiscale_grams(
-    vgg: VGGFeatures, img: torch.Tensor, layers: Sequence[str], scales: Sequence[float]
+    vgg: VGGFeatures,
+    img: torch.Tensor,
+    layers: Sequence[str],
+    scales: Sequence[float],
+    full: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Gram matrices at several image scales, keyed 'relu2_1@0.5' etc."""
+    """Gram matrices at several image scales, keyed 'relu2_1@0.5' etc. in the order of `scales`, in float32.
+
+    full: img's features at scale 1 when the caller has them already (the content term's VGG pass).
+    float32 because under autocast the Grams come out in bfloat16, and the losses compare them with
+    float32 targets (a bfloat16 Gram converts to float32 exactly).
+    """
     grams: dict[str, torch.Tensor] = {}
     for scale in scales:
-        feats = vgg(rescaled(img, scale), layers)
+        feats = full if scale == 1 and full is not None else vgg(rescaled(img, scale), list(layers))
         for layer in layers:
-            grams[f"{layer}@{scale:g}"] = gram(feats[layer])
+            grams[f"{layer}@{scale:g}"] = gram(feats[layer]).float()
     return grams

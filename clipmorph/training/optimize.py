@@ -24,7 +24,8 @@ from clipmorph.model.device import resolve_device
 from clipmorph.model.vgg import VGGFeatures, load_vgg
 from clipmorph.settings import get_settings
 from clipmorph.training import losses
-from clipmorph.training.data import StyleImage, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.training.data import load_rgb, parse_style_spec, to_tensor
+from clipmorph.training.objective import content_target, perceptual_losses, style_targets
 from clipmorph.training.overrides import coerce
 
 log = logging.getLogger(__name__)
@@ -122,41 +123,22 @@ def level_shapes(content_hw: tuple[int, int], size: int, levels: int) -> list[tu
     return shapes
 
 
-def style_grams(
-    vgg: VGGFeatures, styles: list[StyleImage], max_side: int, cfg: OptimizeConfig, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """The weighted mean of every style image's multi-scale Gram matrices (weights already sum to 1)."""
-    target: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for item in styles:
-            img = load_style_tensor(item.path, max_side).to(device)
-            for key, g in losses.multiscale_grams(vgg, img, cfg.style_layers, cfg.style_scales).items():
-                target[key] = target.get(key, 0) + item.weight * g
-    return target
-
-
 class Objective:
     """Weighted content + style + TV loss of an image against fixed targets."""
 
     def __init__(self, vgg: VGGFeatures, cfg: OptimizeConfig, content: torch.Tensor, grams: dict[str, torch.Tensor]):
         self.vgg, self.cfg, self.grams = vgg, cfg, grams
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=content.device.type == "cuda")
-        with torch.no_grad(), self.autocast:
-            self.content_feat = vgg(content, [cfg.content_layer])[cfg.content_layer].float()
+        with self.autocast:
+            self.content_feat = content_target(vgg, content, cfg.content_layer).float()
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         with self.autocast:
-            # Full-resolution features give both the content term and the scale-1 Grams in one pass.
-            feats = self.vgg(x, sorted({cfg.content_layer, *cfg.style_layers}))
-            grams = {
-                f"{layer}@1": losses.gram(feats[layer].float()) for layer in cfg.style_layers if 1 in cfg.style_scales
-            }
-            coarse = [s for s in cfg.style_scales if s != 1]
-            if coarse:
-                grams |= losses.multiscale_grams(self.vgg, x, cfg.style_layers, coarse)
-        style = losses.style_loss({k: g.float() for k, g in grams.items()}, self.grams)
-        content = losses.content_loss(feats[cfg.content_layer].float(), self.content_feat)
+            perceptual = perceptual_losses(
+                self.vgg, x, self.content_feat, self.grams, cfg.content_layer, cfg.style_layers, cfg.style_scales
+            )
+        style, content = perceptual["style"], perceptual["content"]
         tv = losses.tv_loss(x)
         terms = {
             "content": cfg.content_weight * content,
@@ -253,7 +235,8 @@ def optimize(cfg: OptimizeConfig, frames_dir: Path | None = None, vgg: VGGFeatur
         content = F.interpolate(content_full, size=shape, mode="bilinear", antialias=True).clamp(0, 1)
         # Style images scale with the level so brush strokes keep their size relative to the result.
         style_side = round((cfg.style_size or cfg.size) * max(shape) / max(shapes[-1]))
-        objective = Objective(vgg, cfg, content, style_grams(vgg, styles, style_side, cfg, device))
+        grams = style_targets(vgg, styles, style_side, cfg.style_layers, cfg.style_scales, device)
+        objective = Objective(vgg, cfg, content, grams)
         if x is None:
             x = content.clone() if cfg.init == "content" else torch.rand(content.shape, generator=generator).to(device)
         else:  # coarse-to-fine: continue from the upsampled coarser result

@@ -35,8 +35,8 @@ from clipmorph.model.device import resolve_device
 from clipmorph.model.network import PRESETS, Stylizer
 from clipmorph.model.vgg import load_vgg
 from clipmorph.settings import get_settings
-from clipmorph.training import losses
-from clipmorph.training.data import PhotoDataset, find_images, load_rgb, load_style_tensor, parse_style_spec, to_tensor
+from clipmorph.training import losses, objective
+from clipmorph.training.data import PhotoDataset, centre_crops, find_images, parse_style_spec
 from clipmorph.training.overrides import coerce
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class TrainConfig:
     workers: int = 1
     device: str = "auto"
     train_dirs: tuple[str, ...] = ()  # default: <data>/photos minus the validation folder
-    val_dir: str = ""  # default: <data>/photos/coco128_val2017
+    val_dir: str = ""  # default: <data>/photos/<settings.eval_photos>, the photos the evaluation grades
     run_dir: str = ""  # default: <runs>/<name>
     # Start from a trained model of the same preset (a folder or registry reference) instead of random
     # weights: its encoder and decoder already paint, so a new style needs a fraction of the steps.
@@ -117,14 +117,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Weighted mean of each style image's multi-scale Gram matrices."""
+    """Weighted mean of each style image's multi-scale Gram matrices, and the images as config.json records them."""
     images = parse_style_spec(cfg.style, get_settings().styles_dir)
-    target: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for item in images:
-            img = load_style_tensor(item.path, cfg.style_size).to(device)
-            for key, g in losses.multiscale_grams(vgg, img, cfg.style_layers, cfg.style_scales).items():
-                target[key] = target.get(key, 0) + item.weight * g
+    target = objective.style_targets(vgg, images, cfg.style_size, cfg.style_layers, cfg.style_scales, device)
     described = [{"name": i.path.stem, "sha256": sha256_file(i.path), "weight": i.weight} for i in images]
     return target, described
 
@@ -146,10 +141,7 @@ def initial_model(cfg: TrainConfig) -> Stylizer:
 
 def validation_batch(cfg: TrainConfig, paths: list[Path]) -> torch.Tensor:
     """The first few validation photos, centre-cropped to the training size."""
-    from torchvision.transforms import v2
-
-    crop = v2.Compose([v2.Resize(cfg.size, antialias=True), v2.CenterCrop(cfg.size)])
-    return torch.stack([crop(to_tensor(load_rgb(p))) for p in paths[: cfg.val_images]])
+    return centre_crops(paths[: cfg.val_images], cfg.size)
 
 
 def contact_sheet(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -227,7 +219,7 @@ def _train(cfg: TrainConfig, ranks: Ranks) -> TrainResult:
 
     # Data.
     photos = settings.photos_dir
-    val_dir = Path(cfg.val_dir) if cfg.val_dir else photos / "coco128_val2017"
+    val_dir = Path(cfg.val_dir) if cfg.val_dir else photos / settings.eval_photos
     train_roots = [Path(d) for d in cfg.train_dirs] or [photos]
     train_paths = find_images(train_roots, exclude=[val_dir])
     val_paths = find_images([val_dir]) if val_dir.exists() else train_paths
@@ -342,17 +334,13 @@ def loss_terms(
     summed, so DDP reduces each once (tests/test_train_ddp.py compares with one process).
     """
     y = model(x)
-    with torch.no_grad():
-        content_target = vgg(x, [cfg.content_layer])[cfg.content_layer]
-    # One VGG pass of the output serves the content term and the full-scale style term.
-    feats = vgg(y, sorted({cfg.content_layer, *cfg.style_layers}))
-    out_grams = {}
-    for scale in cfg.style_scales:
-        feats_at_scale = vgg(losses.rescaled(y, scale), cfg.style_layers) if scale != 1 else feats
-        out_grams |= {f"{layer}@{scale:g}": losses.gram(feats_at_scale[layer].float()) for layer in cfg.style_layers}
+    perceptual = objective.perceptual_losses(
+        vgg, y, objective.content_target(vgg, x, cfg.content_layer), style_grams,
+        cfg.content_layer, cfg.style_layers, cfg.style_scales, cfg.style_balanced,
+    )  # fmt: skip
     terms = {
-        "content": cfg.content_weight * losses.content_loss(feats[cfg.content_layer].float(), content_target.float()),
-        "style": cfg.style_weight * losses.style_loss(out_grams, style_grams, cfg.style_balanced),
+        "content": cfg.content_weight * perceptual["content"],
+        "style": cfg.style_weight * perceptual["style"],
         "tv": cfg.tv_weight * losses.tv_loss(y.float()),
     }
     if cfg.structure_weight > 0:
