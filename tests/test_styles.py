@@ -29,9 +29,11 @@ from rq import Queue
 from serving_helpers import stop_processes, tiny_registry
 
 from api.main import create_app
-from clipmorph.jobs import training
+from clipmorph.jobs import settle, training
 from clipmorph.settings import get_settings
-from worker.jobs import preview_jpeg
+from clipmorph.training.train import TrainStep
+from clipmorph.video.pipeline import StylizeCancelled
+from worker.jobs import TrainingReporter, preview_jpeg
 
 TRAINER, ADMIN, READER = "tr41ner-tok", "adm1n-tok", "s3cret"
 
@@ -199,6 +201,27 @@ def test_preview_is_a_small_jpeg(tmp_path):
     assert len(url) < 16_000
 
 
+def test_training_reporter_saves_progress_and_stops_on_a_delete(serving, tmp_path):
+    train_queue, _ = queues(serving)
+    job = train_queue.enqueue("worker.jobs.train_job", "x", {}, meta={"kind": "train"})
+    sheet = tmp_path / "val.png"
+    Image.new("RGB", (64, 32), (1, 2, 3)).save(sheet)
+    reporter = TrainingReporter(job, interval=3600)  # after the first save, only previews and the last step
+    reporter(TrainStep(1, 4, {"loss": 12.345678}, 0.5, 2.0))
+    assert train_queue.fetch_job(job.id).meta["losses"] == {"loss": 12.35}
+    reporter(TrainStep(2, 4, {"loss": 5.0}, 1.0, 2.0))
+    assert train_queue.fetch_job(job.id).meta["progress"]["done"] == 1  # throttled
+    reporter(TrainStep(3, 4, {"loss": 3.0, "style": 2.0}, 1.5, 2.0, validation=sheet))
+    meta = train_queue.fetch_job(job.id).meta
+    assert meta["progress"] == {"done": 3, "total": 4, "fps": 2.0, "eta_seconds": 0.5}
+    assert meta["losses"] == {"loss": 3.0, "style": 2.0} and meta["preview_step"] == 3
+    assert meta["preview"].startswith("data:image/jpeg;base64,") and reporter.last_sheet == sheet
+
+    settle.cancel(train_queue.connection, job.id, 60)
+    with pytest.raises(StylizeCancelled):
+        reporter(TrainStep(4, 4, {"loss": 1.0}, 2.0, 2.0))
+
+
 # ------------------------------------------------------------------------------ end to end, a real worker
 
 WAIT = 240.0
@@ -320,6 +343,23 @@ def test_tiny_training_job_runs_end_to_end_to_a_new_champion(tmp_path, assets, r
                     headers={"Authorization": f"Bearer {TRAINER}"},
                 )
             assert dup.status_code == 409
+
+            # A long job cancelled while it trains: it stops between steps, and its name is free again.
+            with painting.open("rb") as f:
+                long = http.post(
+                    "/v1/styles",
+                    data={"name": "cancelled", "preset": "fast", "iterations": "3000"},
+                    files={"file": ("klee.jpg", f, "image/jpeg")},
+                    headers={"Authorization": f"Bearer {TRAINER}"},
+                ).json()
+            wait_until(lambda: (http.get(long["status_url"]).json()["progress"] or {}).get("done", 0) > 0, "steps")
+            assert http.delete(long["status_url"]).status_code == 204
+            wait_until(
+                lambda: not (settings.styles_dir / "cancelled.png").exists(), "the cancelled job's painting to go"
+            )
+            cancelled = http.get(long["status_url"]).json()
+            assert cancelled["status"] == "cancelled" and cancelled["progress"]["done"] < 3000
+            assert not (settings.runs_dir / "cancelled").exists()
         finally:
             stop_processes([worker])
             server.should_exit = True

@@ -31,6 +31,7 @@ import dataclasses
 import io
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -369,18 +370,28 @@ def _train_style(job: Job, source: Path, output: Path, name: str, options: dict[
     request = training.train_request(name, options.get("preset"), options.get("iters"), options.get("blend"), settings)
     if registry.style_exists(registry.configure(settings), name):
         raise training.TrainingRefused(f"a style named {name!r} already exists")
-    training.install_painting(source, name, settings.styles_dir)
+    painting = training.install_painting(source, name, settings.styles_dir)
     try:
         cfg = TrainConfig.from_overrides(training.train_overrides(request, settings))
     except ValueError as e:  # the operator's CLIPMORPH_TRAIN_JOB_OVERRIDES: theirs to fix, in the log
+        painting.unlink(missing_ok=True)
         log.error("job %s: bad training options: %s", job.id, e)
         raise RuntimeError("bad training options in the worker's settings") from None
     reporter = TrainingReporter(job)
     log.info("job %s: training %s (%s, %d steps)", job.id, name, cfg.preset, cfg.iters)
     try:
         result = train_and_gate(cfg, reporter)
-    except StylizeCancelled:
-        raise JobCancelled(f"job {job.id} cancelled") from None
+    except BaseException as e:
+        final = isinstance(e, (StylizeCancelled, *DETERMINISTIC_ERRORS)) or not job.retries_left
+        # A version registered before the failure (in the evaluation) keeps the name, and needs its painting.
+        if final and not registry.style_exists(registry.configure(settings), name):
+            # Nothing will resume it: the name is free again (its painting and checkpoint go). A retry
+            # instead finds both and resumes from the checkpoint.
+            painting.unlink(missing_ok=True)
+            shutil.rmtree(Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name, ignore_errors=True)
+        if isinstance(e, StylizeCancelled):
+            raise JobCancelled(f"job {job.id} cancelled") from None
+        raise
     if reporter.last_sheet is not None:  # the last step always renders one
         with PIL.Image.open(reporter.last_sheet) as sheet:
             sheet.convert("RGB").save(output, "JPEG", quality=90)
