@@ -114,5 +114,6 @@ def describe(job: Job, result_url: str, ended: str | None = None) -> schemas.Job
         losses=meta.get("losses"),
         preview=meta.get("preview"),
         preview_step=meta.get("preview_step"),
+        device=meta.get("device"),
         champion=meta.get("champion"),
     )

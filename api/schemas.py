@@ -167,6 +167,7 @@ class Job(BaseModel):
         "data URL.",
     )
     preview_step: int | None = Field(None, description="The step that preview was rendered at.")
+    device: str | None = Field(None, description="A training job: what it trains on, cuda or cpu.")
     champion: bool | None = Field(
         None, description="A finished training job: whether its version passed the gate and became champion."
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -322,6 +323,7 @@ def test_tiny_training_job_runs_end_to_end_to_a_new_champion(tmp_path, assets, r
             assert last["preview_step"] == 6 and last["preview"].startswith("data:image/jpeg;base64,")
             assert last["model_name"] == "clipmorph-klee-api" and last["model_version"] == "1"
             assert last["champion"] is True  # the first version, graded, passes the gate
+            assert last["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
             sheet = http.get(last["result_url"])
             assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/jpeg"

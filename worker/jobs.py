@@ -50,6 +50,7 @@ from clipmorph.jobs.files import JobFiles
 from clipmorph.jobs.models import ModelCache
 from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_name
 from clipmorph.jobs.storage import JobStorage, open_storage
+from clipmorph.model.device import resolve_device
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import get_settings
 from clipmorph.training.train import TrainConfig, TrainStep
@@ -378,23 +379,23 @@ def _train_style(job: Job, source: Path, output: Path, name: str, options: dict[
         log.error("job %s: bad training options: %s", job.id, e)
         raise RuntimeError("bad training options in the worker's settings") from None
     reporter = TrainingReporter(job)
-    log.info("job %s: training %s (%s, %d steps)", job.id, name, cfg.preset, cfg.iters)
+    device = resolve_device(cfg.device)  # "auto": CUDA when this worker has it
+    job.meta["device"] = device.type
+    job.save_meta()
+    log.info("job %s: training %s (%s, %d steps) on %s", job.id, name, cfg.preset, cfg.iters, device)
     try:
         result = train_and_gate(cfg, reporter)
     except BaseException as e:
-        final = isinstance(e, (StylizeCancelled, *DETERMINISTIC_ERRORS)) or not job.retries_left
-        # A version registered before the failure (in the evaluation) keeps the name, and needs its painting.
-        if final and not registry.style_exists(registry.configure(settings), name):
-            # Nothing will resume it: the name is free again (its painting and checkpoint go). A retry
-            # instead finds both and resumes from the checkpoint.
-            painting.unlink(missing_ok=True)
-            shutil.rmtree(Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name, ignore_errors=True)
+        if isinstance(e, (StylizeCancelled, *DETERMINISTIC_ERRORS)) or not job.retries_left:
+            _free_name(name, painting, Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name)
         if isinstance(e, StylizeCancelled):
             raise JobCancelled(f"job {job.id} cancelled") from None
         raise
     if reporter.last_sheet is not None:  # the last step always renders one
+        partial = output.with_name(f".{output.stem}.{job.id[:8]}.partial{output.suffix}")
         with PIL.Image.open(reporter.last_sheet) as sheet:
-            sheet.convert("RGB").save(output, "JPEG", quality=90)
+            sheet.convert("RGB").save(partial, "JPEG", quality=90)
+        partial.replace(output)  # readers never see half a file
     outcome = {
         "model_name": result.registered_name,
         "model_version": result.version,
@@ -406,3 +407,17 @@ def _train_style(job: Job, source: Path, output: Path, name: str, options: dict[
     job.meta.update(model_name=result.registered_name, model_version=result.version, champion=result.champion)
     job.save_meta()
     return outcome
+
+
+def _free_name(name: str, painting: Path, run_dir: Path) -> None:
+    """After a training job's last attempt failed or was cancelled: remove its painting and checkpoint, so
+    that the name can be used again; a retry would instead have found both and resumed. Kept when a version
+    was registered before the failure (in the evaluation): the name is taken, and its painting is needed."""
+    try:
+        if registry.style_exists(registry.configure(), name):
+            return
+    except Exception:  # the registry is what failed, maybe: keep the files rather than guess
+        log.exception("could not check the registry for %s; its painting and checkpoint stay", name)
+        return
+    painting.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
