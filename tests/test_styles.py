@@ -35,6 +35,7 @@ from clipmorph.settings import get_settings
 from clipmorph.training.train import TrainStep
 from clipmorph.video.pipeline import StylizeCancelled
 from worker.jobs import TrainingReporter, preview_jpeg
+from worker.runner import queue_names
 
 TRAINER, ADMIN, READER = "tr41ner-tok", "adm1n-tok", "s3cret"
 
@@ -168,6 +169,20 @@ def test_bad_requests_are_refused_readably_and_nothing_is_queued(client, serving
     assert str(serving.var_dir) not in detail and str(serving.data_dir) not in detail
     assert queues(serving)[0].get_job_ids() == []
     assert not serving.jobs_dir.exists() or list(serving.jobs_dir.iterdir()) == []  # the upload was removed
+
+
+def test_a_painting_over_the_pixel_limit_is_413(serving):
+    with make_client(serving, trainer_tokens={"bob": TRAINER}, max_image_pixels=100_000) as c:
+        r = post_style(c, data=jpeg((400, 300)))
+    assert r.status_code == 413 and r.json()["detail"] == "painting too large: more than 100000 pixels"
+    assert queues(serving)[0].get_job_ids() == []
+
+
+def test_worker_queues_are_named_by_kind_in_order_of_preference(serving):
+    assert queue_names(["train", "stylize"], serving) == [serving.train_queue_name, serving.queue_name]
+    assert queue_names(["stylize"], serving) == [serving.queue_name]
+    with pytest.raises(ValueError, match="unknown queue 'gpu'; choose from stylize, train"):
+        queue_names(["gpu"], serving)
 
 
 def test_a_name_already_being_trained_is_refused(client, serving):

@@ -50,8 +50,8 @@ def check_request(services: Services, form: schemas.StyleTrainForm, painting: Pa
     except training.TrainingRefused as e:
         raise _unprocessable(str(e)) from None
     if refusal := training.painting_refusal(painting, settings):
-        too_large = refusal.startswith("painting too large")
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE if too_large else 422, refusal)
+        too_large = status.HTTP_413_CONTENT_TOO_LARGE
+        raise HTTPException(too_large if refusal.too_large else status.HTTP_422_UNPROCESSABLE_CONTENT, refusal.message)
     name = request.name
     if style_exists(services.registry(), name):
         raise HTTPException(status.HTTP_409_CONFLICT, f"a style named {name!r} already exists; choose another name")

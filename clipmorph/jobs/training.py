@@ -18,7 +18,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import PIL.Image
 
@@ -107,7 +107,12 @@ def blend_text(blend: tuple[tuple[str, float], ...]) -> str:
     return ",".join(f"{name}:{weight:g}" for name, weight in blend)
 
 
-def painting_refusal(path: Path, settings: Settings) -> str | None:
+class PaintingRefusal(NamedTuple):
+    too_large: bool  # over a limit (413), else unusable (422)
+    message: str
+
+
+def painting_refusal(path: Path, settings: Settings) -> PaintingRefusal | None:
     """Why an uploaded painting cannot be trained on (None when it can), from its header."""
     try:
         with PIL.Image.open(path) as img:
@@ -115,12 +120,14 @@ def painting_refusal(path: Path, settings: Settings) -> str | None:
     except PIL.Image.DecompressionBombError:
         width = height = settings.max_image_pixels + 1
     except Exception:  # PIL's messages name the server's file: ours instead
-        return "not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF painting)"
+        return PaintingRefusal(False, "not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF painting)")
     if width * height > settings.max_image_pixels:
-        return f"painting too large: more than {settings.max_image_pixels} pixels"
+        return PaintingRefusal(True, f"painting too large: more than {settings.max_image_pixels} pixels")
     side = settings.train_min_painting_side
     if min(width, height) < side:
-        return f"painting too small: {width}x{height}; its shorter side must be at least {side} pixels"
+        return PaintingRefusal(
+            False, f"painting too small: {width}x{height}; its shorter side must be at least {side} pixels"
+        )
     return None
 
 
