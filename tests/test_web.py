@@ -510,14 +510,14 @@ def test_phone_width_has_no_horizontal_scroll(stack: Stack, browser: WebDriver) 
     _screenshot(browser, "phone")
 
 
-def _fill_training(driver: WebDriver, painting: Path, name: str) -> None:
+def _fill_training(driver: WebDriver, painting: Path, name: str, steps: int = 6) -> None:
     driver.find_element(By.CSS_SELECTOR, "#train-panel summary").click()
     driver.find_element(By.ID, "train-file").send_keys(str(painting))
     driver.find_element(By.ID, "train-name").send_keys(name)
     driver.find_element(By.CSS_SELECTOR, '#train-preset option[value="fast"]').click()
-    steps = driver.find_element(By.ID, "train-iterations")
-    steps.clear()
-    steps.send_keys("6")
+    field = driver.find_element(By.ID, "train-iterations")
+    field.clear()
+    field.send_keys(str(steps))
     driver.find_element(By.ID, "train-submit").click()
 
 
@@ -526,6 +526,18 @@ def test_training_with_a_token_that_may_not_train_is_explained(stack: Stack, bro
     _fill_training(browser, assets / "styles" / "klee.jpg", "not-allowed")
     _wait(browser, lambda d: d.find_element(By.ID, "train-error").is_displayed(), 30, "no training error shown")
     assert "needs a trainer or admin token" in browser.find_element(By.ID, "train-error").text
+    assert _script_errors(browser) == []
+
+
+def test_training_can_be_cancelled_from_the_page(stack: Stack, browser: WebDriver, assets: Path) -> None:
+    _open(browser, stack, token=TRAINER_TOKEN)
+    _fill_training(browser, assets / "styles" / "klee.jpg", "cancel-me", steps=3000)
+    _wait(browser, lambda d: "step " in d.find_element(By.ID, "train-text").text, TRAIN_SECONDS, "no training steps")
+    browser.find_element(By.ID, "train-cancel").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "train-error").is_displayed(), 60, "the cancel was not reported")
+    assert "training was cancelled" in browser.find_element(By.ID, "train-error").text
+    assert not browser.find_element(By.ID, "train-cancel").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, 'input[name="style"][value="cancel-me"]')
     assert _script_errors(browser) == []
 
 

@@ -830,7 +830,7 @@ function initCompare() {
 // ---------- Training a new style (POST /v1/styles) ----------
 
 // Its own error box and polling loop: a training job runs for minutes to an hour, beside any stylizing.
-const training = { run: 0 };
+const training = { run: 0, statusUrl: null };
 
 function trainExplain(status, detail) {
   const d = detailText(detail);
@@ -933,10 +933,12 @@ async function startTraining() {
     const created = await res.json();
     $("train-progress").hidden = false;
     $("train-preview").hidden = true;
+    training.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
+    $("train-cancel").hidden = false;
     const job = await followTraining(run, created);
     if (!job) return;
     if (job.status === "failed") throw new Error(`Training failed: ${detailText(job.error) || "no reason given"}`);
-    if (job.status !== "finished") throw new Error("The training job was cancelled on the server.");
+    if (job.status !== "finished") throw new Error("The training was cancelled; the name can be used again.");
     $("train-status").textContent = job.champion
       ? `The style “${created.name}” is ready: pick it in the list above.`
       : `The style “${created.name}” was trained (version ${job.model_version}) but did not pass the quality gate.`;
@@ -945,7 +947,26 @@ async function startTraining() {
     $("train-status").textContent = "";
     showTrainError(err.message);
   } finally {
-    if (run === training.run) $("train-submit").disabled = false;
+    if (run === training.run) {
+      $("train-submit").disabled = false;
+      $("train-cancel").hidden = true;
+      training.statusUrl = null;
+    }
+  }
+}
+
+// DELETE stops the job between two steps; the polling loop then sees it cancelled and says so.
+async function cancelTraining() {
+  if (!training.statusUrl) return;
+  $("train-cancel").disabled = true;
+  try {
+    const res = await fetch(training.statusUrl, { method: "DELETE", headers: authHeaders() });
+    if (!res.ok && res.status !== 409) throw await errorFromResponse(res, "job");
+    $("train-status").textContent = "Stopping the training…";
+  } catch (err) {
+    showTrainError(err.message);
+  } finally {
+    $("train-cancel").disabled = false;
   }
 }
 
@@ -976,6 +997,7 @@ function init() {
     e.preventDefault();
     startTraining();
   });
+  $("train-cancel").addEventListener("click", cancelTraining);
   loadStyles();
 }
 
