@@ -13,6 +13,7 @@ import anyio
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mlflow import MlflowClient
+from pydantic import SecretStr
 from rq import Queue
 
 from clipmorph import registry
@@ -34,6 +35,7 @@ class Services:
         # closed connections, so the API recovers by itself.
         self.redis = redisconn.connect(settings.redis_url, API_REDIS_PATIENCE_SECONDS, settings.redis_timeout_seconds)
         self.queue = Queue(settings.queue_name, connection=self.redis)
+        self.train_queue = Queue(settings.train_queue_name, connection=self.redis)  # POST /v1/styles
         # Where jobs' inputs and results are kept (CLIPMORPH_STORAGE_URL); a bucket is contacted on first use.
         self.storage: JobStorage = open_storage(settings)
         # Inference in the API (images, previews) runs one at a time: torch already uses every core.
@@ -70,24 +72,34 @@ def _matches(given: str, expected: str) -> bool:
     return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
-def admin_name(settings: Settings, given: str) -> str | None:
-    """The name of the admin whose token this is, or None."""
+def _owner(tokens: dict[str, SecretStr], given: str) -> str | None:
     found = None
-    for name, token in settings.admin_tokens.items():
+    for name, token in tokens.items():
         if _matches(given, token.get_secret_value()):
             found = name  # no early return: the time taken does not tell which entry matched
     return found
 
 
+def admin_name(settings: Settings, given: str) -> str | None:
+    """The name of the admin whose token this is, or None."""
+    return _owner(settings.admin_tokens, given)
+
+
+def trainer_name(settings: Settings, given: str) -> str | None:
+    """The name of the trainer whose token this is, or None (an admin token is not a trainer token)."""
+    return _owner(settings.trainer_tokens, given)
+
+
 def require_token(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """When a token is configured, every /v1 request must carry it (or an admin token) as a bearer token."""
+    """When a token is configured, every /v1 request must carry it (or an admin or trainer token) as a bearer token."""
     expected = _expected_token(services.settings)
     if not expected:
         return
     given = credentials.credentials if credentials else ""
-    if not _matches(given, expected) and admin_name(services.settings, given) is None:
+    settings = services.settings
+    if not _matches(given, expected) and admin_name(settings, given) is None and trainer_name(settings, given) is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong API token" if given else "this server requires an API token (Authorization: Bearer)",
@@ -148,3 +160,31 @@ def require_admin(
 
 
 AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def require_trainer(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """A trainer or admin token is required (CLIPMORPH_TRAINER_TOKENS, CLIPMORPH_ADMIN_TOKENS); returns its
+    name, recorded as who asked for the training. 401 without a token, 403 with one that may not train."""
+    settings = services.settings
+    if not settings.trainer_tokens and not settings.admin_tokens:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "training over the API is disabled: the server has no CLIPMORPH_TRAINER_TOKENS or CLIPMORPH_ADMIN_TOKENS",
+        )
+    given = credentials.credentials if credentials else ""
+    if not given:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "training a style needs a trainer or admin token (Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    # Both lists are always searched: the time taken does not tell which kind of token matched.
+    trainer, admin = trainer_name(settings, given), admin_name(settings, given)
+    if trainer is None and admin is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "training a style needs a trainer or admin token")
+    return str(admin or trainer)
+
+
+TrainerDep = Annotated[str, Depends(require_trainer)]

@@ -59,6 +59,9 @@ def reap_if_abandoned(queue: Queue, job: Job) -> None:
     """
     if job.get_status(refresh=False) != JobStatus.STARTED:
         return
+    # The job's own queue: a training job's is the train queue (its origin).
+    if job.origin and job.origin != queue.name:
+        queue = Queue(job.origin, connection=queue.connection)
     # Timer-based: a failure callback under the default SIGALRM penalty fails off the main thread.
     registry = StartedJobRegistry(queue.name, connection=queue.connection, death_penalty_class=TimerDeathPenalty)
     if job.id not in registry.get_expired_job_ids():
@@ -107,4 +110,10 @@ def describe(job: Job, result_url: str, ended: str | None = None) -> schemas.Job
         error=error_of(job, state),
         retries_left=job.retries_left,
         result_url=result_url if state is schemas.JobState.finished else None,
+        kind=meta.get("kind") or "video",
+        losses=meta.get("losses"),
+        preview=meta.get("preview"),
+        preview_step=meta.get("preview_step"),
+        device=meta.get("device"),
+        champion=meta.get("champion"),
     )

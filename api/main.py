@@ -25,7 +25,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.deps import Services, require_token, require_token_or_signature
 from api.metrics import Metrics, MetricsMiddleware
-from api.routers import health, images, jobs, models
+from api.routers import health, images, jobs, models, styles
 from clipmorph import registry
 from clipmorph.jobs.storage import UNAVAILABLE, StorageUnavailable
 from clipmorph.settings import Settings, get_settings
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StorageUnavailable, storage_unavailable)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
-    for router in (jobs.router, models.router, images.router):
+    for router in (jobs.router, models.router, images.router, styles.router):
         v1.include_router(router)
     app.include_router(v1)
     results = APIRouter(prefix="/v1", dependencies=[Depends(require_token_or_signature)])

@@ -70,10 +70,40 @@ class ImageForm(StyleForm):
     format: str = Field("png", pattern=r"^(png|jpeg|webp)$", description="Encoding of the stylized image.")
 
 
+class StyleTrainForm(BaseModel):
+    """Fields of POST /v1/styles besides the `file` part (the painting). Checked by clipmorph.jobs.training."""
+
+    name: str = Field(description="The new style's name: lower-case letters, digits, '-' and '_' (1 to 48).")
+    preset: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Network preset (default rt_bn, the shipped styles' network)."
+    )
+    iterations: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Training steps (default 1000; at most CLIPMORPH_TRAIN_MAX_ITERS)."
+    )
+    blend: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(
+        None,
+        description="Blend the painting with existing ones: 'kandinsky:0.5,candy' (weights relative to the "
+        "upload's 1; default 1).",
+    )
+
+
+class StyleTrainingCreated(BaseModel):
+    id: str
+    status: JobState
+    status_url: str
+    name: str
+    options: dict = Field(description="preset, iters and blend as the job will use them.")
+
+
 class Progress(BaseModel):
-    done: int = Field(description="Frames stylized so far (an image job: network passes, one per tile and one more).")
-    total: int | None = Field(None, description="Frames in the video, when known (an image job: passes in all).")
-    fps: float = Field(0.0, description="Frames (an image job: passes) per second.")
+    done: int = Field(
+        description="Frames stylized so far (an image job: network passes, one per tile and one more; a training "
+        "job: steps)."
+    )
+    total: int | None = Field(
+        None, description="Frames in the video, when known (an image job: passes in all; a training job: steps)."
+    )
+    fps: float = Field(0.0, description="Frames (an image job: passes; a training job: steps) per second.")
     eta_seconds: float | None = None
 
 
@@ -126,7 +156,21 @@ class Job(BaseModel):
     queue_position: int | None = Field(
         None, description="While queued: jobs ahead of this one in the queue (0 = next for a free worker)."
     )
-    result_url: str | None = Field(None, description="Set once the job has finished.")
+    result_url: str | None = Field(
+        None, description="Set once the job has finished (a training job: its last validation sheet, JPEG)."
+    )
+    kind: str = Field("video", description="video, image or train.")
+    losses: dict[str, float] | None = Field(None, description="A training job: the loss terms of its latest step.")
+    preview: str | None = Field(
+        None,
+        description="A training job: its latest validation sheet (photos above, stylized below) as a small JPEG "
+        "data URL.",
+    )
+    preview_step: int | None = Field(None, description="The step that preview was rendered at.")
+    device: str | None = Field(None, description="A training job: what it trains on, cuda or cpu.")
+    champion: bool | None = Field(
+        None, description="A finished training job: whether its version passed the gate and became champion."
+    )
     stream_url: str | None = Field(
         None,
         description="Set once the job has finished: the result URL with an expiring signature in the query, for "

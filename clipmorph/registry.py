@@ -185,6 +185,15 @@ def resolve(ref: str | Path, client: MlflowClient | None = None) -> ResolvedMode
     return ResolvedModel(cache, mv.name, str(mv.version))
 
 
+def style_exists(client: MlflowClient, style: str) -> bool:
+    """Whether `style` is taken: a registered model with versions, or a built-in (registered on first use)."""
+    if style_of(style) in builtin_model_dirs():
+        return True
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", style):  # it goes into a filter string below
+        raise ValueError(f"not a style name: {style!r}")
+    return bool(client.search_model_versions(f"name='{registered_name(style)}'"))
+
+
 def builtin_model_dirs(settings: Settings | None = None) -> dict[str, Path]:
     """Models shipped in the repo: <builtin_models_dir>/<style>/{config.json,model.safetensors}."""
     root = (settings or get_settings()).builtin_models_dir

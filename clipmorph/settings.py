@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         "AWS_ENDPOINT_URL, e.g. behind docker-compose).",
     )
     queue_name: str = "clipmorph"
+    # Training jobs (POST /v1/styles) have a queue of their own: only workers started with
+    # `clipmorph worker --queues train` take them, so a CPU-only stylizing worker never picks up an hour of training.
+    train_queue_name: str = "train"
     mlflow_tracking_uri: str | None = Field(None, description="Defaults to sqlite:///<var_dir>/mlflow.db when unset.")
     mlflow_artifact_root: Path | None = Field(None, description="Defaults to <var_dir>/mlartifacts.")
     mlflow_experiment: str = "clipmorph"
@@ -62,6 +65,9 @@ class Settings(BaseSettings):
     # Who may move a champion over the API: {"alice": "<token>", ...} (CLIPMORPH_ADMIN_TOKENS as JSON).
     # Distinct from api_token, which only uploads and reads; the promotion's actor is the token's name.
     admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # Who may train new styles over the API (POST /v1/styles) and nothing more: {"bob": "<token>", ...}
+    # (CLIPMORPH_TRAINER_TOKENS as JSON). Admin tokens may train too; trainer tokens may not promote.
+    trainer_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_upload_bytes: int = 512 * 1024 * 1024
     # The whole upload body must arrive within this (512 MiB at ~1 MB/s takes ~9 min); past it, 408.
     upload_deadline_seconds: float = 900.0
@@ -132,6 +138,20 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "onnx", "int8"] = Field(
         "auto", description="Inference runtime: auto, torch, onnx, int8."
     )
+
+    # Training over the API (POST /v1/styles): bounds on what a client may ask for, and the job's time budget.
+    train_max_iters: int = Field(3000, description="Most training iterations a POST /v1/styles may ask for.")
+    train_min_painting_side: int = Field(256, description="Shortest side a painting uploaded for training may have.")
+    train_max_blend: int = Field(3, description="Most existing paintings a new style may be blended with.")
+    train_job_overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="TrainConfig options every training job uses, as `clipmorph train --set` takes them "
+        '(CLIPMORPH_TRAIN_JOB_OVERRIDES as JSON, e.g. {"batch_size": "8"} on a large GPU).',
+    )
+    # The shipped recipe takes ~1.3 s an iteration on the 2-core CPU (docs/training.md); 4 leaves room for a
+    # loaded machine. The evaluation and gate after training get a fixed allowance on top.
+    train_seconds_per_iteration: float = 4.0
+    train_eval_seconds: int = 1800
 
     # Evaluation (clipmorph evaluate) and the promotion gate (clipmorph promote).
     eval_photos: str = Field("coco128_val2017", description="Validation photo folder under photos_dir.")

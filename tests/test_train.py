@@ -6,7 +6,7 @@ import torch
 
 from clipmorph import registry
 from clipmorph.model.artifact import load_model
-from clipmorph.training.train import Checkpoint, TrainConfig, train
+from clipmorph.training.train import Checkpoint, TrainConfig, TrainStep, train
 
 
 @pytest.fixture
@@ -90,6 +90,33 @@ def test_interrupted_run_resumes_from_its_checkpoint(settings, tiny_photos, tmp_
     _, info = load_model(result.model_dir)
     assert info.train["steps"] == 6
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_on_step_reports_every_step_and_an_exception_from_it_stops_the_run(settings, tiny_photos, tmp_path):
+    """What a training job's progress is built on: steps, losses, rate, validation sheets; a cancel by raising."""
+    steps: list[TrainStep] = []
+    cfg = tiny_config(tiny_photos, tmp_path, iters=4, val_every=2, register=False)
+    train(cfg, on_step=steps.append)
+    assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total == 4 for s in steps)
+    assert [s.validation.name if s.validation else None for s in steps] == [
+        None,
+        "val_000002.png",
+        None,
+        "val_000004.png",
+    ]
+    assert set(steps[-1].losses) >= {"loss", "content", "style"} and steps[-1].steps_per_second > 0
+    assert steps[-1].eta_seconds == 0 and steps[0].eta_seconds > 0
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(step: TrainStep) -> None:
+        if step.step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny_config(tiny_photos, tmp_path, iters=4, register=False, run_dir=str(tmp_path / "stopped")), stop_at_2)
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["step"] == 2  # resumable
 
 
 def test_blended_style_and_bad_override(settings):

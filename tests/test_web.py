@@ -7,6 +7,7 @@ upload is cheap to make. Screenshots land in test-artifacts/ (git-ignored) for a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -38,6 +39,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 TOKEN = "web-test-token"
+TRAINER_TOKEN = "web-trainer-token"
+TRAINED_STYLE = "zz-trained"  # after STYLE in the (sorted) list, which keeps STYLE preselected for the other tests
+TRAIN_SECONDS = 240
 STYLE = "tinyweb"
 MAX_UPLOAD_BYTES = 2_000_000
 CLIP_FPS = 12
@@ -84,8 +88,22 @@ class Stack:
 def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
     """`clipmorph serve` and `clipmorph worker` as separate processes, sharing a temp registry and jobs dir."""
     tmp = tmp_path_factory.mktemp("web-stack")
+    # A data dir of the stack's own: a painting uploaded for training lands in its styles folder, not the mirror.
+    data = tmp / "data"
+    (data / "styles").mkdir(parents=True)
+    for painting in (assets / "styles").iterdir():
+        (data / "styles" / painting.name).symlink_to(painting)
+    for name in ("photos", "videos", "weights"):
+        (data / name).symlink_to(assets / name, target_is_directory=True)
+    # Training jobs of a few steps on tiny crops (tests/test_styles.py times one): the page is under test.
+    tiny_training = {"size": "32", "batch_size": "1", "style_size": "64", "frame_side": "0", "val_every": "2",
+                     "val_images": "1", "workers": "0"}  # fmt: skip
     env = {
         "CLIPMORPH_VAR_DIR": str(tmp / "var"),
+        "CLIPMORPH_DATA_DIR": str(data),
+        "CLIPMORPH_TRAINER_TOKENS": json.dumps({"trainer": TRAINER_TOKEN}),
+        "CLIPMORPH_TRAIN_QUEUE_NAME": f"web-train-{os.getpid()}",
+        "CLIPMORPH_TRAIN_JOB_OVERRIDES": json.dumps(tiny_training),
         "CLIPMORPH_RUNS_DIR": str(tmp / "runs"),
         "CLIPMORPH_ASSETS_DIR": str(assets),
         # No built-in models: the page's only (so preselected) style is the tiny one these tests register.
@@ -106,10 +124,11 @@ def stack(redis_url, assets, tmp_path_factory) -> Iterator[Stack]:
     cli = str(Path(sys.executable).parent / "clipmorph")
     procs = []
     try:
-        for command in ("serve", "worker"):
-            log = (tmp / f"{command}.log").open("w")
+        # The API, a stylizing worker, and a training worker as a GPU machine would run one.
+        for name, command in (("serve", ["serve"]), ("worker", ["worker"]), ("train", ["worker", "--queues", "train"])):
+            log = (tmp / f"{name}.log").open("w")
             procs.append(
-                subprocess.Popen([cli, command], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen([cli, *command], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
             )
         # Registered while they start: the registry lock keeps them from creating the fresh store twice.
         with pytest.MonkeyPatch.context() as mp:
@@ -515,3 +534,56 @@ def test_phone_width_has_no_horizontal_scroll(stack: Stack, browser: WebDriver) 
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
     _screenshot(browser, "phone")
+
+
+def _fill_training(driver: WebDriver, painting: Path, name: str, steps: int = 6) -> None:
+    driver.find_element(By.CSS_SELECTOR, "#train-panel summary").click()
+    driver.find_element(By.ID, "train-file").send_keys(str(painting))
+    driver.find_element(By.ID, "train-name").send_keys(name)
+    driver.find_element(By.CSS_SELECTOR, '#train-preset option[value="fast"]').click()
+    field = driver.find_element(By.ID, "train-iterations")
+    field.clear()
+    field.send_keys(str(steps))
+    driver.find_element(By.ID, "train-submit").click()
+
+
+def test_training_with_a_token_that_may_not_train_is_explained(stack: Stack, browser: WebDriver, assets: Path) -> None:
+    _open(browser, stack)  # the plain API token: it may stylize, not train
+    _fill_training(browser, assets / "styles" / "klee.jpg", "not-allowed")
+    _wait(browser, lambda d: d.find_element(By.ID, "train-error").is_displayed(), 30, "no training error shown")
+    assert "needs a trainer or admin token" in browser.find_element(By.ID, "train-error").text
+    assert _script_errors(browser) == []
+
+
+def test_training_can_be_cancelled_from_the_page(stack: Stack, browser: WebDriver, assets: Path) -> None:
+    _open(browser, stack, token=TRAINER_TOKEN)
+    _fill_training(browser, assets / "styles" / "klee.jpg", "cancel-me", steps=3000)
+    _wait(browser, lambda d: "step " in d.find_element(By.ID, "train-text").text, TRAIN_SECONDS, "no training steps")
+    browser.find_element(By.ID, "train-cancel").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "train-error").is_displayed(), 60, "the cancel was not reported")
+    assert "training was cancelled" in browser.find_element(By.ID, "train-error").text
+    assert not browser.find_element(By.ID, "train-cancel").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, 'input[name="style"][value="cancel-me"]')
+    assert _script_errors(browser) == []
+
+
+def test_training_a_style_shows_steps_a_preview_and_then_the_new_style(
+    stack: Stack, browser: WebDriver, assets: Path
+) -> None:
+    _open(browser, stack, token=TRAINER_TOKEN)  # a trainer token also reads the style list
+    _fill_training(browser, assets / "styles" / "klee.jpg", TRAINED_STYLE)
+    _wait(browser, lambda d: "step " in d.find_element(By.ID, "train-text").text, TRAIN_SECONDS, "no training steps")
+    _wait(browser, lambda d: _image_loaded(d, "#train-preview"), TRAIN_SECONDS, "no validation preview shown")
+    assert browser.find_element(By.ID, "train-preview").get_attribute("src").startswith("data:image/jpeg;base64,")
+    _wait(
+        browser,
+        lambda d: "is ready" in d.find_element(By.ID, "train-status").text,
+        TRAIN_SECONDS,
+        "training never finished (see test-artifacts/web-timeout.png for the train error box)",
+    )
+    assert browser.find_element(By.ID, "train-text").text.startswith("step 6 of 6")
+    assert "Losses: " in browser.find_element(By.ID, "train-losses").text
+    assert browser.find_elements(By.CSS_SELECTOR, f'input[name="style"][value="{TRAINED_STYLE}"]')
+    assert browser.find_element(By.CSS_SELECTOR, f'input[value="{STYLE}"]').is_selected()  # the choice is kept
+    assert _script_errors(browser) == []
+    _screenshot(browser, "trained-style")

@@ -26,9 +26,12 @@ A job ends exactly once, finished or cancelled (clipmorph.jobs.settle).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -40,13 +43,17 @@ import redis
 from redis import Redis
 from rq.job import Job, get_current_job
 
-from clipmorph.jobs import settle
+from clipmorph import registry
+from clipmorph.evaluation.promotion import train_and_gate
+from clipmorph.jobs import settle, training
 from clipmorph.jobs.files import JobFiles
 from clipmorph.jobs.models import ModelCache
 from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_name
 from clipmorph.jobs.storage import JobStorage, open_storage
+from clipmorph.model.device import resolve_device
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import get_settings
+from clipmorph.training.train import TrainConfig, TrainStep
 from clipmorph.video import tiling
 from clipmorph.video.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
 from clipmorph.video.pipeline import Progress, StylizeCancelled, stylize_video
@@ -70,7 +77,7 @@ class InputMissing(LookupError):
 
 
 # Failures that would repeat on every attempt: never retried.
-DETERMINISTIC_ERRORS = (VideoError, ImageError, ModelNotFoundError, InputMissing)
+DETERMINISTIC_ERRORS = (VideoError, ImageError, ModelNotFoundError, InputMissing, training.TrainingRefused)
 
 
 def models() -> ModelCache:
@@ -134,7 +141,7 @@ def _client_message(error: BaseException, source: Path | None) -> str:
         return f"video too large: {public_message(error, source or Path())}"
     if isinstance(error, VideoError):
         return f"not a usable video: {public_message(error, source or Path())}"
-    return str(error)
+    return str(error)  # our own messages: InputMissing, ModelNotFoundError, TrainingRefused
 
 
 def _cancelled_by_delete(job: Job) -> bool:
@@ -152,6 +159,11 @@ def stylize_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
 def stylize_image_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's uploaded image with the style's current champion, at the input's size, tiled."""
     return _run(lambda job, source, output: _stylize_image(job, source, output, style, options), "image")
+
+
+def train_job(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Train the style `name` on the job's painting, register it, grade it and run the promotion gate."""
+    return _run(lambda job, source, output: _train_style(job, source, output, name, options), "painting")
 
 
 def _run(stylize: Callable[[Job, Path, Path], dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -297,3 +309,115 @@ def _stylize_image(job: Job, source: Path, output: Path, style: str, options: di
         "height": size[1],
         "format": options.get("format"),
     }
+
+
+# A training job's validation preview in its meta: small, as every status request carries it.
+PREVIEW_BOX = (384, 192)
+PREVIEW_QUALITY = 75
+
+
+def preview_jpeg(sheet: Path, box: tuple[int, int] = PREVIEW_BOX) -> str:
+    """A validation sheet (photos above, their stylization below) as a small JPEG data URL."""
+    with PIL.Image.open(sheet) as img:
+        small = img.convert("RGB")
+    small.thumbnail(box)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=PREVIEW_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class TrainingReporter:
+    """train()'s on_step for a job: progress, losses and previews into job.meta, and stopping on request.
+
+    Progress is saved at most every `interval` seconds, a new preview (every val_every steps) and the
+    last step at once. A cancel (the stop command, or DELETE's mark) raises StylizeCancelled between steps.
+    """
+
+    def __init__(self, job: Job, interval: float = PROGRESS_SAVE_SECONDS) -> None:
+        self.job = job
+        self.interval = interval
+        self.last_sheet: Path | None = None
+        self._saved_at = -math.inf
+
+    def __call__(self, step: TrainStep) -> None:
+        if cancel_requested.is_set() or _cancelled_by_delete(self.job):
+            raise StylizeCancelled
+        meta = self.job.meta
+        eta = step.eta_seconds
+        meta["progress"] = {
+            "done": step.step,
+            "total": step.total,
+            "fps": round(step.steps_per_second, 3),
+            "eta_seconds": None if eta is None else round(eta, 1),
+        }
+        meta["losses"] = {k: float(f"{v:.4g}") for k, v in step.losses.items()}
+        if step.validation is not None:
+            self.last_sheet = step.validation
+            meta["preview"] = preview_jpeg(step.validation)
+            meta["preview_step"] = step.step
+        now = time.monotonic()
+        if step.validation is None and step.step < step.total and now - self._saved_at < self.interval:
+            return
+        self._saved_at = now
+        try:
+            self.job.save_meta()
+        except redis.RedisError:  # only for show: training goes on, the next step saves it again
+            log.warning("job %s: could not save progress, Redis unavailable; continuing", self.job.id)
+
+
+def _train_style(job: Job, source: Path, output: Path, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    settings = get_settings()
+    # Checked again here: the registry and the styles folder may have changed since the API looked.
+    request = training.train_request(name, options.get("preset"), options.get("iters"), options.get("blend"), settings)
+    if registry.style_exists(registry.configure(settings), name):
+        raise training.TrainingRefused(f"a style named {name!r} already exists")
+    painting = training.install_painting(source, name, settings.styles_dir)
+    try:
+        cfg = TrainConfig.from_overrides(training.train_overrides(request, settings))
+    except ValueError as e:  # the operator's CLIPMORPH_TRAIN_JOB_OVERRIDES: theirs to fix, in the log
+        painting.unlink(missing_ok=True)
+        log.error("job %s: bad training options: %s", job.id, e)
+        raise RuntimeError("bad training options in the worker's settings") from None
+    reporter = TrainingReporter(job)
+    device = resolve_device(cfg.device)  # "auto": CUDA when this worker has it
+    job.meta["device"] = device.type
+    job.save_meta()
+    log.info("job %s: training %s (%s, %d steps) on %s", job.id, name, cfg.preset, cfg.iters, device)
+    try:
+        result = train_and_gate(cfg, reporter)
+    except BaseException as e:
+        if isinstance(e, (StylizeCancelled, *DETERMINISTIC_ERRORS)) or not job.retries_left:
+            _free_name(name, painting, Path(cfg.run_dir) if cfg.run_dir else settings.runs_dir / cfg.name)
+        if isinstance(e, StylizeCancelled):
+            raise JobCancelled(f"job {job.id} cancelled") from None
+        raise
+    if reporter.last_sheet is not None:  # the last step always renders one
+        partial = output.with_name(f".{output.stem}.{job.id[:8]}.partial{output.suffix}")
+        with PIL.Image.open(reporter.last_sheet) as sheet:
+            sheet.convert("RGB").save(partial, "JPEG", quality=90)
+        partial.replace(output)  # readers never see half a file
+    outcome = {
+        "model_name": result.registered_name,
+        "model_version": result.version,
+        "champion": result.champion,
+        "metrics": result.metrics,
+        "losses": result.losses,
+        "seconds": round(result.seconds, 1),
+    }
+    job.meta.update(model_name=result.registered_name, model_version=result.version, champion=result.champion)
+    job.save_meta()
+    return outcome
+
+
+def _free_name(name: str, painting: Path, run_dir: Path) -> None:
+    """After a training job's last attempt failed or was cancelled: remove its painting and checkpoint, so
+    that the name can be used again; a retry would instead have found both and resumed. Kept when a version
+    was registered before the failure (in the evaluation): the name is taken, and its painting is needed."""
+    try:
+        if registry.style_exists(registry.configure(), name):
+            return
+    except Exception:  # the registry is what failed, maybe: keep the files rather than guess
+        log.exception("could not check the registry for %s; its painting and checkpoint stay", name)
+        return
+    painting.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)

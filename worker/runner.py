@@ -1,4 +1,8 @@
-"""The clipmorph worker: an RQ worker that stylizes videos, on CUDA when there is one.
+"""The clipmorph worker: an RQ worker that stylizes videos and images, or trains styles, on CUDA when there is one.
+
+Which queues it serves is chosen at start (`clipmorph worker --queues train,stylize`), in that order of
+preference: "stylize" (settings.queue_name: videos and large images) and "train" (settings.train_queue_name:
+POST /v1/styles). A GPU machine serves "train" first; CPU-only workers leave it out.
 
 Why a SimpleWorker (no fork): RQ's default Worker forks a work-horse per job.
 CUDA cannot be used in a child forked after the parent initialised it, and
@@ -84,12 +88,27 @@ class StylizeWorker(SimpleWorker):
             log.warning("could not purge expired jobs: the job storage is unavailable")
 
 
-def build_worker(settings: Settings | None = None, name: str | None = None) -> StylizeWorker:
+QUEUE_KINDS = ("stylize", "train")
+
+
+def queue_names(kinds: list[str], settings: Settings) -> list[str]:
+    """The RQ queue names for queue kinds ("stylize", "train"), in the order given (RQ's preference order)."""
+    names = {"stylize": settings.queue_name, "train": settings.train_queue_name}
+    unknown = [k for k in kinds if k not in names]
+    if unknown or not kinds:
+        raise ValueError(f"unknown queue {', '.join(map(repr, unknown)) or '(none)'}; choose from {', '.join(names)}")
+    return list(dict.fromkeys(names[k] for k in kinds))
+
+
+def build_worker(
+    settings: Settings | None = None, name: str | None = None, queues: list[str] | None = None
+) -> StylizeWorker:
+    """`queues`: queue kinds (QUEUE_KINDS), most preferred first; default: stylize only."""
     settings = settings or get_settings()
     # Retries with backoff: a Redis restart pauses the worker (and its running job) instead of killing it.
     connection = redisconn.connect(settings.redis_url, settings.worker_redis_patience_seconds)
     worker = StylizeWorker(
-        [Queue(settings.queue_name, connection=connection)],
+        [Queue(q, connection=connection) for q in queue_names(queues or ["stylize"], settings)],
         connection=connection,
         name=name,
         job_monitoring_interval=settings.worker_heartbeat_seconds,
@@ -114,8 +133,11 @@ def register_builtins(settings: Settings) -> None:
         log.exception("could not register the built-in models at start-up; retried on first use")
 
 
-def run_worker(settings: Settings | None = None, burst: bool = False, name: str | None = None) -> bool:
-    """Serve the queue until stopped (or, with `burst`, until it is empty); -> whether any job ran."""
+def run_worker(
+    settings: Settings | None = None, burst: bool = False, name: str | None = None, queues: list[str] | None = None
+) -> bool:
+    """Serve the queues until stopped (or, with `burst`, until they are empty); -> whether any job ran."""
     settings = settings or get_settings()
+    worker = build_worker(settings, name, queues)  # an unknown queue fails here, before any registry work
     register_builtins(settings)
-    return build_worker(settings, name).work(burst=burst, logging_level="INFO")
+    return worker.work(burst=burst, logging_level="INFO")

@@ -171,7 +171,8 @@ def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schem
     result_url = _urls(request, job.id)[1]
     described = jobstate.describe(job, result_url, settle.ended(services.redis, job.id))
     if described.status is schemas.JobState.queued:
-        described.queue_position = services.queue.get_job_position(job.id)
+        queue = services.train_queue if job.origin == services.train_queue.name else services.queue
+        described.queue_position = queue.get_job_position(job.id)
     if described.result_url:
         described.stream_url = signed_result_url(services.settings, result_url, job.id)
     return described

@@ -827,6 +827,149 @@ function initCompare() {
   });
 }
 
+// ---------- Training a new style (POST /v1/styles) ----------
+
+// Its own error box and polling loop: a training job runs for minutes to an hour, beside any stylizing.
+const training = { run: 0, statusUrl: null };
+
+function trainExplain(status, detail) {
+  const d = detailText(detail);
+  if (status === 401 || status === 403) {
+    return "Training a style needs a trainer or admin token. Paste one in the “API token” panel at the top and try again.";
+  }
+  if ([400, 409, 413, 422].includes(status) && d) return `The server can't train this style: ${d}`;
+  return explain(status, detail, "train");
+}
+
+function showTrainError(message) {
+  const box = $("train-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function showTraining(job) {
+  const p = job.progress || {};
+  const done = Number(p.done || 0);
+  const total = Number(p.total || 0);
+  const bar = $("train-bar");
+  if (total > 0) {
+    bar.max = total;
+    bar.value = Math.min(done, total);
+  } else {
+    bar.removeAttribute("value");
+  }
+  const parts = [];
+  if (total > 0) parts.push(`step ${done} of ${total}`);
+  if (Number(p.fps) > 0) parts.push(`${Number(p.fps).toFixed(2)} steps/s`);
+  if (job.status === "running" && p.eta_seconds != null) parts.push(`about ${formatDuration(Number(p.eta_seconds))} left`);
+  $("train-text").textContent = parts.join(" · ");
+  const losses = job.losses || {};
+  $("train-losses").textContent = Object.keys(losses).length
+    ? "Losses: " + Object.entries(losses).map(([k, v]) => `${k} ${Number(v).toPrecision(3)}`).join(", ")
+    : "";
+  const preview = $("train-preview");
+  // Only a JPEG data URL from the server is shown (the page never loads a URL a job's meta names).
+  if (typeof job.preview === "string" && job.preview.startsWith("data:image/jpeg;base64,")) {
+    if (preview.src !== job.preview) preview.src = job.preview;
+    preview.hidden = false;
+    preview.title = `Validation photos at step ${job.preview_step}`;
+  }
+  const finishing = total > 0 && done >= total && job.status === "running";
+  const words = {
+    queued: queueWords(job.queue_position).replace("worker", "training worker"),
+    running: finishing ? "Trained. Grading the new style and running the quality gate…" : "Training…",
+  };
+  $("train-status").textContent = words[job.status] || "";
+}
+
+async function followTraining(run, created) {
+  const statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
+  let misses = 0;
+  while (run === training.run) {
+    let job;
+    try {
+      job = await getJson(statusUrl, "job");
+      misses = 0;
+    } catch (err) {
+      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
+      misses += 1;
+      if (!transient || misses > POLL_MISSES_ALLOWED) throw err;
+      await sleep(POLL_MS * misses);
+      continue;
+    }
+    showTraining(job);
+    if (TERMINAL.has(job.status)) return job;
+    await sleep(POLL_MS);
+  }
+  return null;
+}
+
+async function startTraining() {
+  showTrainError("");
+  const file = $("train-file").files[0];
+  const name = $("train-name").value.trim();
+  if (!file) return showTrainError("Choose a painting to train on.");
+  if (!name) return showTrainError("Give the new style a name.");
+  const form = new FormData();
+  form.append("name", name);
+  form.append("preset", $("train-preset").value);
+  form.append("iterations", $("train-iterations").value);
+  form.append("blend", $("train-blend").value.trim());
+  form.append("file", file, file.name);
+  const run = ++training.run;
+  $("train-submit").disabled = true;
+  $("train-status").textContent = "Uploading the painting…";
+  try {
+    let res;
+    try {
+      res = await fetch(apiUrl("v1/styles"), { method: "POST", body: form, headers: authHeaders() });
+    } catch {
+      throw new Error(explain(0, null, "upload"));
+    }
+    if (!res.ok) {
+      const err = await errorFromResponse(res, "train");
+      throw new Error(trainExplain(err.status, err.detail));
+    }
+    const created = await res.json();
+    $("train-progress").hidden = false;
+    $("train-preview").hidden = true;
+    training.statusUrl = apiUrl(created.status_url || `v1/jobs/${created.id}`);
+    $("train-cancel").hidden = false;
+    const job = await followTraining(run, created);
+    if (!job) return;
+    if (job.status === "failed") throw new Error(`Training failed: ${detailText(job.error) || "no reason given"}`);
+    if (job.status !== "finished") throw new Error("The training was cancelled; the name can be used again.");
+    $("train-status").textContent = job.champion
+      ? `The style “${created.name}” is ready: pick it in the list above.`
+      : `The style “${created.name}” was trained (version ${job.model_version}) but did not pass the quality gate.`;
+    await loadStyles();
+  } catch (err) {
+    $("train-status").textContent = "";
+    showTrainError(err.message);
+  } finally {
+    if (run === training.run) {
+      $("train-submit").disabled = false;
+      $("train-cancel").hidden = true;
+      training.statusUrl = null;
+    }
+  }
+}
+
+// DELETE stops the job between two steps; the polling loop then sees it cancelled and says so.
+async function cancelTraining() {
+  if (!training.statusUrl) return;
+  $("train-cancel").disabled = true;
+  try {
+    const res = await fetch(training.statusUrl, { method: "DELETE", headers: authHeaders() });
+    if (!res.ok && res.status !== 409) throw await errorFromResponse(res, "job");
+    $("train-status").textContent = "Stopping the training…";
+  } catch (err) {
+    showTrainError(err.message);
+  } finally {
+    $("train-cancel").disabled = false;
+  }
+}
+
 // ---------- Wiring ----------
 
 function init() {
@@ -850,6 +993,11 @@ function init() {
     start();
   });
   $("cancel").addEventListener("click", cancel);
+  $("train-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    startTraining();
+  });
+  $("train-cancel").addEventListener("click", cancelTraining);
   loadStyles();
 }
 

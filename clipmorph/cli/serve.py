@@ -35,11 +35,20 @@ def serve(
 def worker(
     burst: bool = typer.Option(False, help="Quit once the queue is empty."),
     name: str | None = typer.Option(None, help="Worker name shown in RQ (default: random)."),
+    queues: str = typer.Option(
+        "stylize",
+        help="Queues to serve, most preferred first: stylize (videos, large images), train (POST /v1/styles). "
+        "A GPU worker: --queues train,stylize.",
+    ),
 ) -> None:
-    """Run one worker: stylizes queued videos (CUDA when available). Start as many as you like, anywhere."""
+    """Run one worker: stylizes queued videos, or trains styles (CUDA when available). Start as many as you like."""
     from worker.runner import run_worker
 
-    run_worker(burst=burst, name=name)
+    kinds = [k.strip() for k in queues.split(",") if k.strip()]
+    try:
+        run_worker(burst=burst, name=name, queues=kinds)
+    except ValueError as e:
+        raise fail(str(e)) from None
 
 
 @stack_app.command("up")

@@ -11,8 +11,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a training option: --set iters=800"),
 ) -> None:
     """Train a stylizer, log it to W&B and MLflow, register it as clipmorph-<name>."""
+    from clipmorph.evaluation.promotion import train_and_gate
     from clipmorph.training.train import TrainConfig
-    from clipmorph.training.train import train as run_training
 
     try:
         overrides = dict(item.split("=", 1) for item in set_)
@@ -20,9 +20,7 @@ def train(
         raise fail(f"--set takes key=value, got {set_}") from None
     try:
         cfg = TrainConfig.from_overrides({"style": style, **overrides})
-        result = run_training(cfg)
-        if result.version and cfg.evaluate:  # a separate step: training itself knows nothing of grading
-            result.metrics, result.champion = evaluate_and_gate(result.registered_name, result.version)
+        result = train_and_gate(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"model folder: {result.model_dir}")
@@ -33,17 +31,6 @@ def train(
     if result.metrics:
         typer.echo("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
         typer.echo("now champion" if result.champion else "champion unchanged (see `clipmorph promote`)")
-
-
-def evaluate_and_gate(name: str, version: str) -> tuple[dict[str, float], bool]:
-    """Grade a freshly registered version (quick profile) and make it champion if it is the first."""
-    from clipmorph import registry
-    from clipmorph.evaluation.evaluate import evaluate_and_log
-    from clipmorph.evaluation.promotion import auto_promote_first
-
-    client = registry.configure()
-    metrics = evaluate_and_log(client, name, version, quick=True)
-    return metrics, auto_promote_first(client, name, version)
 
 
 @app.command("contact-sheet")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -28,6 +30,9 @@ from clipmorph.evaluation.metric_names import ARTEFACT, CONTENT, CPU_FPS, CUDA_F
 from clipmorph.evaluation.quality import ARTEFACT_MAX_PERCENT
 from clipmorph.registry import ModelNotFoundError, registered_name
 from clipmorph.settings import get_settings
+
+if TYPE_CHECKING:
+    from clipmorph.training.train import TrainConfig, TrainResult, TrainStep
 
 GATE_KEYS = (STYLE, CONTENT, ARTEFACT, WARPING, CPU_FPS)
 TAG_PREFIX = "metric."
@@ -204,3 +209,24 @@ def auto_promote_first(client: MlflowClient, name: str, version: str | int) -> b
     if current_champion(client, name) is not None:
         return False
     return promote(client, name, version, actor="clipmorph-train").promoted
+
+
+def evaluate_and_gate(name: str, version: str) -> tuple[dict[str, float], bool]:
+    """Grade a freshly registered version (quick profile) and make it champion if it is the first."""
+    from clipmorph import registry
+    from clipmorph.evaluation.evaluate import evaluate_and_log  # torch, PyAV: only when grading
+
+    client = registry.configure()
+    metrics = evaluate_and_log(client, name, version, quick=True)
+    return metrics, auto_promote_first(client, name, version)
+
+
+def train_and_gate(cfg: TrainConfig, on_step: Callable[[TrainStep], None] | None = None) -> TrainResult:
+    """Train, register, then (with cfg.evaluate) grade and gate: what `clipmorph train` and a training job
+    (POST /v1/styles) both run. The result carries the metrics and whether the version became champion."""
+    from clipmorph.training.train import train
+
+    result = train(cfg, on_step)
+    if result.version and cfg.evaluate:  # a separate step: training itself knows nothing of grading
+        result.metrics, result.champion = evaluate_and_gate(result.registered_name, result.version)
+    return result

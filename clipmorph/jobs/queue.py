@@ -25,6 +25,7 @@ from clipmorph.video.probe import VideoInfo
 # The job functions, run by a worker (worker/jobs.py).
 VIDEO_JOB = "worker.jobs.stylize_job"
 IMAGE_JOB = "worker.jobs.stylize_image_job"
+TRAIN_JOB = "worker.jobs.train_job"
 
 # Frames stylized by all workers ever: a Redis counter so the API's /metrics sees every worker's work.
 FRAMES_COUNTER_KEY = "clipmorph:metrics:frames_stylized"
@@ -36,6 +37,8 @@ IMAGE_RESULTS = {
     "jpeg": ("output.jpg", "image/jpeg"),
     "webp": ("output.webp", "image/webp"),
 }
+# A training job's result: the validation sheet of its last step (the model itself goes to the registry).
+TRAIN_RESULT = ("output.jpg", "image/jpeg")
 UNREADABLE_IMAGE = "not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF file)"
 
 
@@ -87,6 +90,38 @@ def enqueue_stylize_image(
     )
 
 
+def train_timeout(iters: int, settings: Settings) -> int:
+    """Seconds a training job may run: its iterations at settings.train_seconds_per_iteration, then the
+    evaluation and gate (settings.train_eval_seconds)."""
+    return math.ceil(iters * settings.train_seconds_per_iteration) + settings.train_eval_seconds
+
+
+def enqueue_train(queue: Queue, job_id: str, name: str, options: dict[str, Any], settings: Settings) -> Job:
+    """Queue training of the style `name` on the painting stored as the job's input.
+
+    options: preset, iters, blend (a style spec of existing paintings, "" for none); the worker adds
+    settings.train_job_overrides. `queue` is the train queue (settings.train_queue_name).
+    """
+    return _enqueue(
+        queue,
+        TRAIN_JOB,
+        job_id,
+        name,
+        options,
+        settings,
+        description=f"train style {name}",
+        timeout=train_timeout(int(options["iters"]), settings),
+        meta={"kind": "train"},
+    )
+
+
+def styles_in_training(queue: Queue) -> set[str]:
+    """The names of the styles the train queue holds a job for, queued or running (a small queue)."""
+    ids = [*queue.get_job_ids(), *queue.started_job_registry.get_job_ids(cleanup=False)]
+    jobs = Job.fetch_many(ids, connection=queue.connection)
+    return {str(job.meta.get("style")) for job in jobs if job is not None}
+
+
 def _enqueue(
     queue: Queue,
     func: str,
@@ -116,7 +151,10 @@ def _enqueue(
 
 
 def result_name(meta: dict[str, Any]) -> tuple[str, str]:
-    """A job's output name and media type: output.mp4 for a video, the image job's file in its format."""
+    """A job's output name and media type: output.mp4 for a video, the image job's file in its format, a
+    training job's last validation sheet."""
+    if meta.get("kind") == "train":
+        return TRAIN_RESULT
     if meta.get("kind") == "image":
         return IMAGE_RESULTS[(meta.get("options") or {}).get("format", "png")]
     return VIDEO_RESULT

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,13 +201,33 @@ class TrainResult:
     champion: bool = False  # whether this version became the champion
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train in this process, or as one rank of a torchrun job (see "Distributed training" below)."""
+@dataclass(frozen=True)
+class TrainStep:
+    """What `train(on_step=...)` is told after each step (on the master process only)."""
+
+    step: int
+    total: int
+    losses: dict[str, float]
+    seconds: float  # since the run started, including the time before a resume
+    steps_per_second: float  # of the steps run in this process
+    validation: Path | None = None  # the validation sheet rendered at this step, if one was
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return (self.total - self.step) / self.steps_per_second if self.steps_per_second > 0 else None
+
+
+def train(cfg: TrainConfig, on_step: Callable[[TrainStep], None] | None = None) -> TrainResult:
+    """Train in this process, or as one rank of a torchrun job (see "Distributed training" below).
+
+    `on_step` is called after every step on the master process (a job's progress); an exception it
+    raises stops the run as an interrupt would (the MLflow run is closed as killed, the checkpoint kept).
+    """
     with torchrun_process_group(resolve_device(cfg.device)) as ranks:
-        return _train(cfg, ranks)
+        return _train(cfg, ranks, on_step)
 
 
-def _train(cfg: TrainConfig, ranks: Ranks) -> TrainResult:
+def _train(cfg: TrainConfig, ranks: Ranks, on_step: Callable[[TrainStep], None] | None = None) -> TrainResult:
     settings = get_settings()
     device = ranks.device
     master_process = ranks.rank == 0  # logs, validates, checkpoints, saves, registers and evaluates
@@ -284,8 +304,13 @@ def _train(cfg: TrainConfig, ranks: Ranks) -> TrainResult:
                 loggers.log_metrics(terms | {"seconds": seconds}, step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.iters:
                     ckpt.save(model, optimizer, step, cfg, seconds)
+                validation = None
                 if step % cfg.val_every == 0 or step == cfg.iters:
-                    loggers.log_validation(render_validation(model, val_batch, run_dir / f"val_{step:06d}.png"), step)
+                    validation = render_validation(model, val_batch, run_dir / f"val_{step:06d}.png")
+                    loggers.log_validation(validation, step)
+                if on_step is not None:
+                    rate = (step - resumed_from) / max(time.perf_counter() - t_start, 1e-9)
+                    on_step(TrainStep(step, cfg.iters, terms, seconds, rate, validation))
             if step >= cfg.iters:
                 break
     except BaseException:
