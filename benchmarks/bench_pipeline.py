@@ -180,7 +180,7 @@ def _subjects(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[
         loaded = load_stylizer(ref, args.device)
         yield Path(ref).name, loaded.model, ref
     if args.peer:
-        painting = resolve_style_path(args.peer, get_settings().styles_dir)
+        painting = resolve_style_path(args.peer, get_settings().style_dirs)
         yield "peer", PeerStylizer(painting, torch.get_num_threads()), None
 
 

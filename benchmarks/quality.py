@@ -129,7 +129,7 @@ def painting_of(info: ModelInfo) -> Path:
     name = images[0]["name"] if images else info.style.get("name")
     if not name:
         raise ValueError("config.json records no style name")
-    return resolve_style_path(str(name), get_settings().styles_dir)
+    return resolve_style_path(str(name), get_settings().style_dirs)
 
 
 def discover_models(arg: str | None) -> list[Path]:

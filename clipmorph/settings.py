@@ -204,7 +204,19 @@ class Settings(BaseSettings):
 
     @property
     def styles_dir(self) -> Path:
+        """Paintings that come with the data (`make data`: a link to the offline mirror, or downloads)."""
         return self.data_dir / "styles"
+
+    @property
+    def uploaded_styles_dir(self) -> Path:
+        """Paintings uploaded over REST (POST /v1/styles): runtime state, kept out of the data folder, which
+        may be a link to a shared read-only mirror."""
+        return self.var_dir / "styles"
+
+    @property
+    def style_dirs(self) -> tuple[Path, ...]:
+        """Where a style name is looked up, in this order."""
+        return (self.styles_dir, self.uploaded_styles_dir)
 
     @property
     def photos_dir(self) -> Path:

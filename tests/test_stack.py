@@ -59,10 +59,12 @@ def test_compose_publishes_the_api_on_loopback_and_not_mlflow():
 
 def test_compose_services_share_jobs_and_workers_reserve_a_gpu():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    assert {"redis", "mlflow", "api", "worker"} <= set(services)
-    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
-    for name in ("api", "worker"):
+    assert {"redis", "mlflow", "api", "worker", "trainer"} <= set(services)
+    for name in ("worker", "trainer"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert services["trainer"]["command"][-2:] == ["--queues", "train"]  # styles uploaded over REST get trained
+    for name in ("api", "worker", "trainer"):
         env = services[name]["environment"]
         assert env["CLIPMORPH_REDIS_URL"] == "redis://redis:6379/0"
         assert env["CLIPMORPH_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -93,7 +95,7 @@ def test_stack_up_status_logs_down_and_restarts_what_dies(settings, monkeypatch)
     s = get_settings()
     try:
         pids = stack.up(s)
-        assert set(pids) == {"redis", "api", "worker"} and all(pids.values())
+        assert set(pids) == {"redis", "api", "worker", "trainer"} and all(pids.values())
         # `make up` on a fresh registry: the built-in styles are champions before the first upload.
         client = registry.configure(s)
         for style in registry.builtin_model_dirs(s):
@@ -106,7 +108,7 @@ def test_stack_up_status_logs_down_and_restarts_what_dies(settings, monkeypatch)
         _kill_each_and_see_it_restarted(s, pids)
     finally:
         stopped = stack.down(s)
-    assert set(stopped) == {"redis", "api", "worker"}
+    assert set(stopped) == {"redis", "api", "worker", "trainer"}
     assert all(pid is None for pid in stack.status(s).values())
     assert not list(s.run_dir.glob("*.pid"))
 

@@ -31,7 +31,7 @@ from serving_helpers import stop_processes, tiny_registry
 
 from api.main import create_app
 from clipmorph.jobs import settle, training
-from clipmorph.settings import get_settings
+from clipmorph.settings import Settings, get_settings
 from clipmorph.training.train import TrainStep
 from clipmorph.video.pipeline import StylizeCancelled
 from worker.jobs import TrainingReporter, preview_jpeg
@@ -41,7 +41,7 @@ TRAINER, ADMIN, READER = "tr41ner-tok", "adm1n-tok", "s3cret"
 
 
 def data_dir(root: Path, assets: Path) -> Path:
-    """A data dir of our own: uploaded paintings land in its styles folder, never in the shared mirror."""
+    """A data dir of our own, with one painting to blend with (uploaded ones go to var/styles, never here)."""
     data = root / "data"
     (data / "styles").mkdir(parents=True)
     shutil.copy(assets / "styles" / "candy.jpg", data / "styles" / "candy.jpg")  # to blend with
@@ -193,18 +193,26 @@ def test_a_name_already_being_trained_is_refused(client, serving):
 
 
 def test_install_painting_never_overwrites_and_keeps_its_own_on_a_retry(tmp_path):
-    styles = tmp_path / "styles"
+    settings = Settings(data_dir=tmp_path / "data", var_dir=tmp_path / "var")
+    styles = settings.uploaded_styles_dir
     source = tmp_path / "upload.img"
     source.write_bytes(jpeg())
-    target = training.install_painting(source, "mine", styles)
+    target = training.install_painting(source, "mine", settings)
     assert target == styles / "mine.png" and Image.open(target).size == (300, 260)
-    assert training.install_painting(source, "mine", styles) == target  # the same job, retried
+    assert training.install_painting(source, "mine", settings) == target  # the same job, retried
     other = tmp_path / "other.img"
     other.write_bytes(jpeg((400, 300)))
     with pytest.raises(training.TrainingRefused, match="already exists"):
-        training.install_painting(other, "mine", styles)
+        training.install_painting(other, "mine", settings)
     assert Image.open(target).size == (300, 260)
     assert sorted(p.name for p in styles.iterdir()) == ["mine.png"]  # no partial left behind
+    # A painting that came with the data keeps its name too, and the data folder is never written to.
+    settings.styles_dir.mkdir(parents=True)
+    shutil.copy(target, settings.styles_dir / "theirs.png")
+    with pytest.raises(training.TrainingRefused, match="already exists"):
+        training.install_painting(other, "theirs", settings)
+    assert sorted(p.name for p in settings.styles_dir.iterdir()) == ["theirs.png"]
+    assert not (styles / "theirs.png").exists()
 
 
 def test_preview_is_a_small_jpeg(tmp_path):
@@ -349,7 +357,7 @@ def test_tiny_training_job_runs_end_to_end_to_a_new_champion(tmp_path, assets, r
             assert new["champion_version"] == "1" and new["metrics"]["style_distance"] > 0
             assert new["painting_url"] and http.get(new["painting_url"]).status_code == 200
             assert http.get(new["preview_url"]).headers["content-type"] == "image/jpeg"
-            assert (settings.styles_dir / "klee-api.png").is_file()
+            assert (settings.uploaded_styles_dir / "klee-api.png").is_file()
 
             dup = None
             with painting.open("rb") as f:
@@ -371,9 +379,8 @@ def test_tiny_training_job_runs_end_to_end_to_a_new_champion(tmp_path, assets, r
                 ).json()
             wait_until(lambda: (http.get(long["status_url"]).json()["progress"] or {}).get("done", 0) > 0, "steps")
             assert http.delete(long["status_url"]).status_code == 204
-            wait_until(
-                lambda: not (settings.styles_dir / "cancelled.png").exists(), "the cancelled job's painting to go"
-            )
+            painting = settings.uploaded_styles_dir / "cancelled.png"
+            wait_until(lambda: not painting.exists(), "the cancelled job's painting to go")
             cancelled = http.get(long["status_url"]).json()
             assert cancelled["status"] == "cancelled" and cancelled["progress"]["done"] < 3000
             assert not (settings.runs_dir / "cancelled").exists()

@@ -371,7 +371,7 @@ def _train_style(job: Job, source: Path, output: Path, name: str, options: dict[
     request = training.train_request(name, options.get("preset"), options.get("iters"), options.get("blend"), settings)
     if registry.style_exists(registry.configure(settings), name):
         raise training.TrainingRefused(f"a style named {name!r} already exists")
-    painting = training.install_painting(source, name, settings.styles_dir)
+    painting = training.install_painting(source, name, settings)
     try:
         cfg = TrainConfig.from_overrides(training.train_overrides(request, settings))
     except ValueError as e:  # the operator's CLIPMORPH_TRAIN_JOB_OVERRIDES: theirs to fix, in the log

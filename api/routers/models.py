@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +22,7 @@ from api.style_words import describe
 from clipmorph.evaluation.promotion import PromotionError, PromotionResult, promote, version_metrics
 from clipmorph.model.artifact import CONFIG
 from clipmorph.registry import MODEL_PREFIX, ModelNotFoundError, get_version, registered_name, resolve, style_of
-from clipmorph.training.data import IMAGE_SUFFIXES
+from clipmorph.training.data import find_painting
 from clipmorph.video.inference import ImageError, StylizeOptions, open_image, stylize_pil
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,14 @@ def champion_config(services: Services, registered: str, version: str) -> dict:
         return {}
 
 
-def painting_path(config: dict, styles_dir: Path) -> Path | None:
-    """The painting the heaviest-weighted style image names, if the styles folder has it."""
+def painting_path(config: dict, style_dirs: Sequence[Path]) -> Path | None:
+    """The painting the heaviest-weighted style image names, if one of the style folders has it."""
     images = sorted((config.get("style") or {}).get("images") or [], key=lambda i: -float(i.get("weight", 0)))
     for image in images[:1]:
         stem = Path(str(image.get("name", ""))).stem  # a path recorded at training time counts by its stem only
         if not _PAINTING_NAME.match(stem):
             return None
-        for suffix in sorted(IMAGE_SUFFIXES):
-            if (candidate := styles_dir / f"{stem}{suffix}").is_file():
-                return candidate
+        return find_painting(stem, style_dirs)
     return None
 
 
@@ -69,7 +67,7 @@ def _summary(request: Request, services: Services, rm) -> schemas.ModelSummary:
     summary.traits, summary.figures = describe(config, summary.metrics)
     # The version in the query makes browsers and proxies fetch a new preview when the champion changes.
     summary.preview_url = f"{request.app.url_path_for('model_preview', name=style)}?v={champion}"
-    if painting_path(config, services.settings.styles_dir):
+    if painting_path(config, services.settings.style_dirs):
         summary.painting_url = f"{request.app.url_path_for('model_painting', name=style)}?v={champion}"
     return summary
 
@@ -131,7 +129,7 @@ def render_painting(services: Services, style: str) -> Path:
 
     def make(version: ModelVersion) -> Image.Image:
         config = champion_config(services, version.name, version.version)
-        source = painting_path(config, services.settings.styles_dir)
+        source = painting_path(config, services.settings.style_dirs)
         if source is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the painting of style {style!r} is not on this server")
         try:

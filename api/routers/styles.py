@@ -30,6 +30,7 @@ from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.jobs import training
 from clipmorph.jobs.queue import enqueue_train, styles_in_training
 from clipmorph.registry import style_exists
+from clipmorph.training.data import find_painting
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/styles", tags=["styles"])
@@ -55,7 +56,7 @@ def check_request(services: Services, form: schemas.StyleTrainForm, painting: Pa
     name = request.name
     if style_exists(services.registry(), name):
         raise HTTPException(status.HTTP_409_CONFLICT, f"a style named {name!r} already exists; choose another name")
-    if training.painting_file(name, settings.styles_dir) is not None:
+    if find_painting(name, settings.style_dirs) is not None:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"a painting named {name!r} is already on this server; choose another name"
         )

@@ -21,10 +21,10 @@ def data(
 def styles() -> None:
     """List the style images available for training."""
     from clipmorph.settings import get_settings
-    from clipmorph.training.data import IMAGE_SUFFIXES
+    from clipmorph.training.data import known_paintings
 
-    folder = get_settings().styles_dir
-    names = sorted(p.stem for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = get_settings().style_dirs
+    names = known_paintings(folders)
     if not names:
-        raise fail(f"no styles in {folder}; run `make data`")
+        raise fail(f"no styles in {', '.join(map(str, folders))}; run `make data`")
     typer.echo("\n".join(names))

@@ -122,7 +122,7 @@ def style_target(
     vgg: VGGFeatures, spec: str, setup: LossSetup, device: torch.device, recorded: list[dict] | None = None
 ) -> dict[str, torch.Tensor]:
     """Weighted multi-scale Gram matrices of the style images, as in training."""
-    items = parse_style_spec(spec, get_settings().styles_dir)
+    items = parse_style_spec(spec, get_settings().style_dirs)
     hashes = {i["name"]: i.get("sha256") for i in recorded or []}
     for item in items:
         expected = hashes.get(item.path.stem)
@@ -216,7 +216,7 @@ def photo_losses(
 
 
 def painting_paths(spec: str) -> list[tuple[Path, float]]:
-    return [(i.path, i.weight) for i in parse_style_spec(spec, get_settings().styles_dir)]
+    return [(i.path, i.weight) for i in parse_style_spec(spec, get_settings().style_dirs)]
 
 
 @torch.inference_mode()

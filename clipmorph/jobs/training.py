@@ -5,8 +5,10 @@ a preset, iterations, a blend), and the worker checks again when the job starts:
 styles folder may have changed in between. Every refusal is a TrainingRefused whose message is ours,
 fit for a client (never a path or an exception's text).
 
-The painting joins the styles folder as <styles_dir>/<name>.png, re-encoded from the upload: training,
-evaluation (which looks paintings up by name) and the style's painting thumbnail all find it there.
+The painting is stored as <settings.uploaded_styles_dir>/<name>.png (var/styles/), re-encoded from the upload;
+training, evaluation and the style's painting thumbnail look names up in settings.style_dirs (the data's
+paintings, then the uploaded ones), so they all find it. It never goes into the data folder, which may be a
+link to a shared read-only mirror.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import PIL.Image
 
 from clipmorph.model.network import PRESETS
 from clipmorph.settings import Settings
-from clipmorph.training.data import IMAGE_SUFFIXES, load_rgb
+from clipmorph.training.data import find_painting, load_rgb
 
 # Lower case, so that two styles never differ by case alone (file systems that ignore case would mix them up);
 # a slug, so that the name is safe as a file name, a registered model name and a URL segment.
@@ -73,14 +75,6 @@ def check_iters(iters: int | None, settings: Settings) -> int:
     return iters
 
 
-def painting_file(name: str, styles_dir: Path) -> Path | None:
-    """The painting the styles folder has under `name` (any image suffix), if any."""
-    for suffix in sorted(IMAGE_SUFFIXES):
-        if (candidate := styles_dir / f"{name}{suffix}").is_file():
-            return candidate
-    return None
-
-
 def parse_blend(text: str | None, settings: Settings) -> tuple[tuple[str, float], ...]:
     """'kandinsky:0.5,candy' -> existing paintings to blend the upload with, each weight relative to the
     upload's 1 (default 1)."""
@@ -97,7 +91,7 @@ def parse_blend(text: str | None, settings: Settings) -> tuple[tuple[str, float]
         if not (math.isfinite(w) and 0 < w <= 100):
             raise TrainingRefused(f"blend weight of {name!r} must be a number above 0 and at most 100")
         # Checked as a name before it touches the file system: the blend never names a path.
-        if not _NAME.match(name) or painting_file(name, settings.styles_dir) is None:
+        if not _NAME.match(name) or find_painting(name, settings.style_dirs) is None:
             raise TrainingRefused(f"blend: there is no painting {name!r} on this server")
         blend.append((name, w))
     return tuple(blend)
@@ -131,20 +125,21 @@ def painting_refusal(path: Path, settings: Settings) -> PaintingRefusal | None:
     return None
 
 
-def install_painting(source: Path, name: str, styles_dir: Path) -> Path:
-    """Put the uploaded painting in the styles folder as <name>.png (decoded and re-encoded: whatever else
+def install_painting(source: Path, name: str, settings: Settings) -> Path:
+    """Put the uploaded painting in settings.uploaded_styles_dir as <name>.png (decoded and re-encoded: whatever else
     the upload carried stays behind). A retry of the same job finds its own file and keeps it; any other
     painting of that name is refused."""
     try:
         image = load_rgb(source)
     except Exception:
         raise TrainingRefused("not a readable image (send a JPEG, PNG, WebP, GIF, BMP or TIFF painting)") from None
-    target = styles_dir / f"{name}{PAINTING_SUFFIX}"
-    styles_dir.mkdir(parents=True, exist_ok=True)
-    partial = styles_dir / f".{name}.{uuid.uuid4().hex[:8]}.partial{PAINTING_SUFFIX}"
+    folder = settings.uploaded_styles_dir
+    target = folder / f"{name}{PAINTING_SUFFIX}"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.{uuid.uuid4().hex[:8]}.partial{PAINTING_SUFFIX}"
     try:
         image.save(partial, "PNG")
-        existing = painting_file(name, styles_dir)
+        existing = find_painting(name, settings.style_dirs)
         if existing is not None:
             if existing == target and existing.read_bytes() == partial.read_bytes():
                 return target  # this job's own painting, from an attempt that did not finish

@@ -1,4 +1,4 @@
-"""The local stack: redis-server, the API under uvicorn and one worker, kept running by supervisord.
+"""The local stack: redis-server, the API under uvicorn, a video worker and a training worker, kept by supervisord.
 
 supervisord (the `supervisor` package) starts them in the background and restarts any of them
 that dies; Redis keeps an append-only file, so a restarted Redis still has its queues, and the
@@ -70,10 +70,10 @@ def _api_ok(settings: Settings) -> bool:
     return ready.get("redis") is True and ready.get("registry") is True
 
 
-def _worker_ok(settings: Settings) -> bool:
+def _worker_ok(settings: Settings, queue: str) -> bool:
     try:
         connection = redis.Redis.from_url(settings.redis_url)
-        return Worker.count(queue=Queue(settings.queue_name, connection=connection)) > 0
+        return Worker.count(queue=Queue(queue, connection=connection)) > 0
     except redis.RedisError:
         return False
 
@@ -120,7 +120,12 @@ def services(settings: Settings) -> list[Service]:
     if (url.hostname or "127.0.0.1") in LOCAL_HOSTS:
         stack.append(Service("redis", ["redis-server", *redis_args], lambda: _redis_ok(settings.redis_url)))
     stack.append(Service("api", [str(bin_dir / "uvicorn"), *api_args], lambda: _api_ok(settings)))
-    stack.append(Service("worker", [str(bin_dir / "clipmorph"), "worker"], lambda: _worker_ok(settings)))
+    worker = str(bin_dir / "clipmorph")
+    stack.append(Service("worker", [worker, "worker"], lambda: _worker_ok(settings, settings.queue_name)))
+    # Its own process for styles uploaded over REST (POST /v1/styles): a training job runs for many minutes and
+    # would hold the video worker that long; idle, it waits on the train queue only.
+    trainer = [worker, "worker", "--queues", "train"]
+    stack.append(Service("trainer", trainer, lambda: _worker_ok(settings, settings.train_queue_name)))
     return stack
 
 

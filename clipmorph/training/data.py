@@ -125,11 +125,11 @@ class StyleImage:
     weight: float = 1.0
 
 
-def parse_style_spec(spec: str, styles_dir: Path) -> list[StyleImage]:
+def parse_style_spec(spec: str, style_dirs: Sequence[Path]) -> list[StyleImage]:
     """'kandinsky' | 'a.jpg:0.7,b.jpg:0.3' | 'starrynight:1,kanagawa:1' -> weighted style images.
 
-    A bare name is looked up as <styles_dir>/<name>.(jpg|png|...). Weights must be
-    positive; they are normalised to sum to 1.
+    A bare name is looked up as <dir>/<name>.(jpg|png|...) in each of `style_dirs` (settings.style_dirs).
+    Weights must be positive; they are normalised to sum to 1.
     """
     items: list[StyleImage] = []
     for part in spec.split(","):
@@ -143,25 +143,38 @@ def parse_style_spec(spec: str, styles_dir: Path) -> list[StyleImage]:
             raise ValueError(f"style weight {weight!r} in {spec!r} is not a number") from None
         if w <= 0:
             raise ValueError(f"style weights must be positive, got {w} for {name!r}")
-        items.append(StyleImage(resolve_style_path(name, styles_dir), w))
+        items.append(StyleImage(resolve_style_path(name, style_dirs), w))
     if not items:
         raise ValueError("empty style specification")
     total = sum(i.weight for i in items)
     return [StyleImage(i.path, i.weight / total) for i in items]
 
 
-def resolve_style_path(name: str, styles_dir: Path) -> Path:
+def find_painting(stem: str, style_dirs: Sequence[Path]) -> Path | None:
+    """The painting <dir>/<stem>.(jpg|png|...) in the first of `style_dirs` that has one. `stem` must already be
+    a safe name (the API checks it against a pattern): it is joined to the folders as it is."""
+    for folder in style_dirs:
+        for suffix in sorted(IMAGE_SUFFIXES):
+            if (candidate := folder / f"{stem}{suffix}").is_file():
+                return candidate
+    return None
+
+
+def known_paintings(style_dirs: Sequence[Path]) -> list[str]:
+    """The names of every painting in `style_dirs`."""
+    return sorted({p.stem for d in style_dirs for p in d.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES})
+
+
+def resolve_style_path(name: str, style_dirs: Sequence[Path]) -> Path:
+    """An image path as it is, or a painting's name looked up in `style_dirs`."""
     p = Path(name)
     if p.suffix.lower() in IMAGE_SUFFIXES and p.exists():
         return p
-    for suffix in sorted(IMAGE_SUFFIXES):
-        candidate = styles_dir / f"{name}{suffix}"
-        if candidate.exists():
-            return candidate
-    known = sorted(q.stem for q in styles_dir.glob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-    raise FileNotFoundError(
-        f"style {name!r} not found in {styles_dir}; known styles: {', '.join(known) or 'none (run make data)'}"
-    )
+    if (found := find_painting(name, style_dirs)) is not None:
+        return found
+    folders = ", ".join(str(d) for d in style_dirs)
+    known = ", ".join(known_paintings(style_dirs)) or "none (run make data)"
+    raise FileNotFoundError(f"style {name!r} not found in {folders}; known styles: {known}")
 
 
 def load_style_tensor(path: Path, side: int) -> torch.Tensor:

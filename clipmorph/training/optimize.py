@@ -92,7 +92,7 @@ def resolve_paths(cfg: OptimizeConfig) -> OptimizeConfig:
     content = Path(cfg.content).expanduser()
     if not content.is_file():
         raise FileNotFoundError(f"content image {content} not found")
-    styles = parse_style_spec(cfg.style, get_settings().styles_dir)
+    styles = parse_style_spec(cfg.style, get_settings().style_dirs)
     # Keep the weights as given (not normalised) so the spec reads like what the user typed.
     given = [part.rpartition(":")[2] if ":" in part else "1" for part in cfg.style.split(",") if part.strip()]
     spec = ",".join(f"{os.path.abspath(s.path)}:{w}" for s, w in zip(styles, given, strict=True))
@@ -221,7 +221,7 @@ def optimize(cfg: OptimizeConfig, frames_dir: Path | None = None, vgg: VGGFeatur
     """Run the optimisation; intermediate images go to `frames_dir` when cfg.save_every > 0."""
     settings = get_settings()
     device = resolve_device(cfg.device)
-    styles = parse_style_spec(cfg.style, settings.styles_dir)
+    styles = parse_style_spec(cfg.style, settings.style_dirs)
     vgg = (vgg or load_vgg(settings.vgg_weights_path)).to(device)
     vgg.check([cfg.content_layer, *cfg.style_layers])
     content_full = to_tensor(load_rgb(Path(cfg.content))).unsqueeze(0).to(device)
@@ -320,7 +320,7 @@ def run_optimize(
 
 def input_hashes(cfg: OptimizeConfig) -> dict[str, str]:
     """sha256 of the content and style files, so a replay can tell when a file changed under its path."""
-    styles = parse_style_spec(cfg.style, get_settings().styles_dir)
+    styles = parse_style_spec(cfg.style, get_settings().style_dirs)
     return {
         "content_sha256": sha256_file(Path(cfg.content)),
         "style_sha256": ",".join(sha256_file(s.path) for s in styles),

@@ -118,7 +118,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Weighted mean of each style image's multi-scale Gram matrices, and the images as config.json records them."""
-    images = parse_style_spec(cfg.style, get_settings().styles_dir)
+    images = parse_style_spec(cfg.style, get_settings().style_dirs)
     target = objective.style_targets(vgg, images, cfg.style_size, cfg.style_layers, cfg.style_scales, device)
     described = [{"name": i.path.stem, "sha256": sha256_file(i.path), "weight": i.weight} for i in images]
     return target, described
