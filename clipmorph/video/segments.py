@@ -22,6 +22,7 @@ reordering any piece has. That keeps dts strictly increasing and never after its
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -120,6 +121,7 @@ def _decode_delay(order: list[int]) -> int:
 def _scan(parts: list[Path]) -> tuple[Fraction, list[int]]:
     """(the pieces' video time_base, the pts of every video packet in decoding order, piece after piece)."""
     order: list[int] = []
+    ends: list[int] = []  # where each piece's packets end in `order`
     time_base: Fraction | None = None
     extradata: bytes | None = None
     for part in parts:
@@ -136,9 +138,12 @@ def _scan(parts: list[Path]) -> tuple[Fraction, list[int]]:
                 if packet.pts is None:
                     raise VideoError(f"{part.name}: a video packet has no timestamp")
                 order.append(packet.pts)
+        ends.append(len(order))
     if time_base is None or not order:
         raise VideoError("nothing to stitch")
-    if any(b <= a for a, b in zip(sorted(order), sorted(order)[1:], strict=False)):
+    # Each piece must end before the next begins (and hold no pts twice): the joined stream is then in order.
+    pieces = [order[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True) if b > a]
+    if any(max(a) >= min(b) for a, b in itertools.pairwise(pieces)) or len(set(order)) != len(order):
         raise VideoError("the pieces overlap in time")
     return time_base, order
 
