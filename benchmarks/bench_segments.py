@@ -8,7 +8,7 @@ is loaded and its ONNX graph built once per worker), then the clip is queued as 
 (api.routers.jobs.plan_upload + enqueue_stylize) and timed from the enqueue to the video job's end,
 with each segment's and the stitch's own time from RQ's started_at/ended_at.
 
-    python benchmarks/bench_segments.py [--configs 1x2:0,1x2,2x1] [--seconds 60] [--style kanagawa]
+    python benchmarks/bench_segments.py [--configs 1x2:0,1x2,2x1,2x1:10] [--rounds 2] [--seconds 60] [--style kanagawa]
 
 A configuration is NxT[:S]: N workers, T threads each, S = CLIPMORPH_SEGMENT_SECONDS (default 20;
 0: the whole video as one job). Results go to bench-results/segments.json.
@@ -72,6 +72,17 @@ def build_clip(assets: Path, path: Path, seconds: float) -> Path:
             out.mux(sound.encode(frame))
         out.mux(sound.encode(None))
     return path
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes (all their threads): what the load around us disturbs
+    least, unlike the wall time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the whole line)
+    return total / ticks
 
 
 def free_port() -> int:
@@ -150,12 +161,15 @@ def run_config(workers: int, threads: int, segment_seconds: float, args, root: P
         for job_id in warm:
             wait_for(Job.fetch(job_id, connection=connection), 600)
         warmed = {Job.fetch(j, connection=connection).worker_name for j in warm}
+        cpu_before = cpu_seconds([p.pid for p in procs])
+        load_before = os.getloadavg()[0]
         start = time.time()
         video_id = queue_video(settings, queue, clip, args.style)
         queued = time.time() - start
         video = Job.fetch(video_id, connection=connection)
         wait_for(video, 3600)
         wall = time.time() - start
+        cpu = cpu_seconds([p.pid for p in procs]) - cpu_before
         ids = video.meta.get("segments") or []
         parts = []
         for sid in ids:
@@ -179,6 +193,9 @@ def run_config(workers: int, threads: int, segment_seconds: float, args, root: P
             "frames": video.result["frames"] if video.result else None,
             "fps": round((video.result or {}).get("frames", 0) / wall, 2),
             "last_job_seconds": round((video.ended_at - video.started_at).total_seconds(), 2),
+            "worker_cpu_seconds": round(cpu, 1),
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
             "segments": parts,
             "workers_warmed": len(warmed),
         }
@@ -196,7 +213,8 @@ def run_config(workers: int, threads: int, segment_seconds: float, args, root: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="1x2:0,1x2,2x1")
+    parser.add_argument("--configs", default="1x2:0,1x2,2x1,2x1:10")
+    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, in turn")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--style", default="kanagawa")
     args = parser.parse_args()
@@ -215,7 +233,7 @@ def main() -> None:
         clip = build_clip(assets, root / "long.mp4", args.seconds)
         args.warmup_clip = build_clip(assets, root / "warm.mp4", 1.0)
         results = []
-        for config in args.configs.split(","):
+        for config in args.configs.split(",") * args.rounds:
             shape, _, seconds = config.partition(":")
             workers, threads = (int(x) for x in shape.split("x"))
             results.append(
