@@ -18,7 +18,7 @@ from test_segments import DURATIONS, make_vfr_clip
 
 import worker.jobs as worker_jobs
 from api.main import create_app
-from clipmorph.jobs.queue import SEGMENT_JOB, STITCH_JOB, segment_job_id
+from clipmorph.jobs.queue import SEGMENT_JOB, STITCH_JOB, segment_job_id, video_of
 from clipmorph.settings import get_settings
 from clipmorph.video.probe import VideoLimitError
 from worker.runner import build_worker
@@ -182,3 +182,11 @@ def test_a_short_video_stays_one_job(client, serving, tmp_path):
     assert job.func_name == "worker.jobs.stylize_job" and "segments" not in job.meta
     assert queue_of(serving).job_ids == [created["id"]]
     assert Fraction(created["input"]["duration"]).limit_denominator(100) == Fraction(2, 5)
+
+
+def test_a_segment_job_id_leads_back_to_its_video_and_nothing_else_does():
+    video = str(uuid.uuid4())
+    assert video_of(segment_job_id(video, 12)) == video
+    assert video_of(video) == video  # a video's or an image's own job
+    for other in ("abc-s0001", f"{video}-sx", f"{video}-s"):
+        assert video_of(other) == other

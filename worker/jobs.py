@@ -2,7 +2,10 @@
 
 Two kinds: a video (stylize_job) and a still image too large to stylize in the
 API's request (stylize_image_job, from POST /v1/images past
-settings.max_sync_image_pixels). A job's id is the UUID its input and output are stored
+settings.max_sync_image_pixels). A video longer than settings.segment_seconds is
+queued as one stylize_segment_job per segment (any worker takes any of them) and
+stitch_job under the video's id, which joins their pieces (clipmorph.jobs.queue,
+clipmorph.video.segments). A job's id is the UUID its input and output are stored
 under (clipmorph.jobs.storage: the local jobs folder, or a bucket). Each attempt works in a
 local folder (the storage's workspace: with a bucket the input is downloaded there, because
 PyAV needs a seekable file, and the output is uploaded from there once complete), which is

@@ -10,6 +10,10 @@ with 413; the worker checks every frame again and fails the job with the same me
 A DELETE and a finishing worker race through clipmorph.jobs.settle: a job still queued or
 running is cancelled (204, and it reads "cancelled" from then on); a job that already
 finished keeps its result and the DELETE gets 409.
+
+A video longer than settings.segment_seconds is planned into segments here at upload (a packet
+scan) and queued as one job per segment plus the video's stitch job (clipmorph.jobs.queue): its
+status sums the segments' progress, and its DELETE stops every segment too.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ reordering any piece has. That keeps dts strictly increasing and never after its
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -148,6 +150,18 @@ def _scan(parts: list[Path]) -> tuple[Fraction, list[int]]:
     return time_base, order
 
 
+@contextlib.contextmanager
+def _closing_audio(src: Path, out: av.container.OutputContainer) -> Iterator[_AudioCopier]:
+    """The input's audio for `out`; its input file is closed however the stitch ends."""
+    audio = _AudioCopier(src, out)
+    try:
+        yield audio
+    except BaseException:
+        with contextlib.suppress(Exception):
+            audio._input.close()  # close() would mux the rest first: not into a failed output
+        raise
+
+
 def stitch(parts: list[Path], src: Path, dst: Path) -> None:
     """Join the stylized pieces (in order) into `dst` with `src`'s audio, by remuxing: no re-encode.
 
@@ -163,11 +177,11 @@ def stitch(parts: list[Path], src: Path, dst: Path) -> None:
     os.close(fd)
     tmp = Path(name)
     try:
-        with av.open(str(tmp), "w") as out, open_input(parts[0]) as first:
+        with contextlib.ExitStack() as stack, av.open(str(tmp), "w") as out, open_input(parts[0]) as first:
             template = video_stream(first, parts[0])
             video = out.add_stream_from_template(template)
             video.time_base = time_base
-            audio = _AudioCopier(src, out)
+            audio = stack.enter_context(_closing_audio(src, out))
             i = 0
             for part in parts:
                 with open_input(part) as container:
