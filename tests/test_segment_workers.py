@@ -3,6 +3,8 @@ its segments run on both workers at once, and one DELETE stops the segments runn
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -10,6 +12,7 @@ import uuid
 import av
 import pytest
 import uvicorn
+from rq import Worker
 from rq.job import Job, JobStatus
 from serving_helpers import register_tiny_model, stop_processes
 from test_segments import make_vfr_clip
@@ -37,6 +40,7 @@ def live(tmp_path_factory, assets, redis_url):
             "CLIPMORPH_WORKER_HEARTBEAT_GRACE_SECONDS": "2",
             "CLIPMORPH_WORKER_MAINTENANCE_SECONDS": "1",
             "CLIPMORPH_SEGMENT_SECONDS": "2",
+            "CLIPMORPH_JOB_RETRIES": "1",
             "WANDB_MODE": "disabled",
             "OMP_NUM_THREADS": "1",
         }
@@ -121,3 +125,30 @@ def test_one_delete_stops_the_segments_running_on_each_worker(live, clip):
     assert live.job(created["id"])["status"] == "cancelled"
     time.sleep(0.5)  # the workers' own cleanup after stopping must not resurrect anything
     assert not (live.settings.jobs_dir / created["id"]).exists()
+
+
+@pytest.mark.chaos
+def test_a_segment_whose_worker_is_killed_is_retried_alone_and_the_video_finishes(live, clip):
+    created = live.submit(clip)
+    victim_job: dict = {}
+
+    def one_running_with_progress() -> bool:
+        for s in segments(live, created["id"]):
+            if s.get_status() == JobStatus.STARTED and (s.meta.get("progress") or {}).get("done", 0) > 0:
+                victim_job.update(id=s.id, worker=s.worker_name)
+                return True
+        return False
+
+    wait_until(one_running_with_progress, "a segment to make progress", every=0.05)
+    victim = Worker.find_by_key(Worker.redis_worker_namespace_prefix + victim_job["worker"], connection=live.redis)
+    os.kill(victim.pid, signal.SIGKILL)
+    live.workers = [p for p in live.workers if p.pid != victim.pid]
+    live.start_worker()  # back to two, as a supervisor would
+    job = live.wait_for(created["id"], {"finished", "failed", "cancelled"})
+    assert job["status"] == "finished", job
+    retried = Job.fetch(victim_job["id"], connection=live.redis)
+    assert retried.retries_left == 0 and retried.worker_name != victim_job["worker"]
+    # The others ran once each: their retries are untouched.
+    others = [s for s in segments(live, created["id"]) if s.id != victim_job["id"]]
+    assert all(s.retries_left == live.settings.job_retries for s in others)
+    assert job["progress"]["done"] == FRAMES
