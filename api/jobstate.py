@@ -18,6 +18,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from api import schemas
 from clipmorph.jobs import settle
+from clipmorph.jobs.queue import segment_ids
 
 _STATES = {
     JobStatus.CREATED: schemas.JobState.queued,
@@ -91,10 +92,46 @@ def error_of(job: Job, state: schemas.JobState) -> str | None:
     return _INTERNAL
 
 
-def describe(job: Job, result_url: str, ended: str | None = None) -> schemas.Job:
+def segments_of(job: Job) -> list[Job | None]:
+    """A video job's segment jobs, in order (one Redis round trip); [] for a video that is not split."""
+    ids = segment_ids(job.get_meta(refresh=False))
+    return Job.fetch_many(ids, connection=job.connection) if ids else []
+
+
+# While the video's own job waits for its segments (deferred), it is running once any segment started.
+_UNDER_WAY = (JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED)
+
+
+def _segmented_progress(job: Job, segments: list[Job | None], state: schemas.JobState) -> dict | None:
+    """Frames done over all segments, their summed rate (of those running) and the ETA at that rate."""
+    total = job.get_meta(refresh=False).get("frames")
+    done, fps = 0, 0.0
+    for segment in segments:
+        progress = (segment.get_meta(refresh=False).get("progress") if segment else None) or {}
+        done += progress.get("done") or 0
+        if segment is not None and segment.get_status(refresh=False) == JobStatus.STARTED:
+            fps += progress.get("fps") or 0.0
+    if state is schemas.JobState.finished and total is not None:
+        done = total
+    if not done and state is schemas.JobState.queued:
+        return None
+    eta = (total - done) / fps if total is not None and fps > 0 else None
+    return {"done": done, "total": total, "fps": round(fps, 3), "eta_seconds": eta}
+
+
+def describe(
+    job: Job, result_url: str, ended: str | None = None, segments: list[Job | None] | None = None
+) -> schemas.Job:
+    """segments: the video's segment jobs (segments_of) when it is split: its progress sums theirs."""
     meta = job.get_meta(refresh=False)
     state = state_of(job, ended)
     progress = meta.get("progress")
+    if segments:
+        if state is schemas.JobState.queued and any(
+            s is not None and s.get_status(refresh=False) in _UNDER_WAY for s in segments
+        ):
+            state = schemas.JobState.running
+        progress = _segmented_progress(job, segments, state)
     return schemas.Job(
         id=job.id,
         status=state,

@@ -2,7 +2,10 @@
 
 Two kinds: a video (stylize_job) and a still image too large to stylize in the
 API's request (stylize_image_job, from POST /v1/images past
-settings.max_sync_image_pixels). A job's id is the UUID its input and output are stored
+settings.max_sync_image_pixels). A video longer than settings.segment_seconds is
+queued as one stylize_segment_job per segment (any worker takes any of them) and
+stitch_job under the video's id, which joins their pieces (clipmorph.jobs.queue,
+clipmorph.video.segments). A job's id is the UUID its input and output are stored
 under (clipmorph.jobs.storage: the local jobs folder, or a bucket). Each attempt works in a
 local folder (the storage's workspace: with a bucket the input is downloaded there, because
 PyAV needs a seekable file, and the output is uploaded from there once complete), which is
@@ -41,15 +44,23 @@ from typing import Any
 import PIL.Image
 import redis
 from redis import Redis
-from rq.job import Job, get_current_job
+from rq.job import Job, JobStatus, get_current_job
 
 from clipmorph import registry
 from clipmorph.evaluation.promotion import train_and_gate
 from clipmorph.jobs import settle, training
 from clipmorph.jobs.files import JobFiles
 from clipmorph.jobs.models import ModelCache
-from clipmorph.jobs.queue import FRAMES_COUNTER_KEY, UNREADABLE_IMAGE, image_refusal, result_name
-from clipmorph.jobs.storage import JobStorage, open_storage
+from clipmorph.jobs.queue import (
+    FRAMES_COUNTER_KEY,
+    UNREADABLE_IMAGE,
+    VIDEO_META,
+    image_refusal,
+    result_name,
+    segment_ids,
+    video_of,
+)
+from clipmorph.jobs.storage import JobStorage, StorageUnavailable, open_storage
 from clipmorph.model.device import resolve_device
 from clipmorph.registry import ModelNotFoundError
 from clipmorph.settings import get_settings
@@ -57,7 +68,8 @@ from clipmorph.training.train import TrainConfig, TrainStep
 from clipmorph.video import tiling
 from clipmorph.video.inference import ImageError, StylizeOptions, network_size, norm_smoothing, stylize_image
 from clipmorph.video.pipeline import Progress, StylizeCancelled, stylize_video
-from clipmorph.video.probe import VideoError, VideoLimitError, public_message
+from clipmorph.video.probe import VideoError, VideoLimitError, probe, public_message
+from clipmorph.video.segments import Segment, part_name, stitch
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +88,22 @@ class InputMissing(LookupError):
     """The job has no stored input: it was deleted (cancelled) or expired."""
 
 
+class SegmentFailed(RuntimeError):
+    """A segment of the video failed for good (its retries spent); the message is for the client."""
+
+
+# A segment that failed with no message for the client (an internal error, a dead worker, a timeout).
+SEGMENT_FAILED = "a segment of the video failed on the worker (details in the worker's log) and no retries were left"
+
 # Failures that would repeat on every attempt: never retried.
-DETERMINISTIC_ERRORS = (VideoError, ImageError, ModelNotFoundError, InputMissing, training.TrainingRefused)
+DETERMINISTIC_ERRORS = (
+    VideoError,
+    ImageError,
+    ModelNotFoundError,
+    InputMissing,
+    SegmentFailed,
+    training.TrainingRefused,
+)
 
 
 def models() -> ModelCache:
@@ -145,8 +171,9 @@ def _client_message(error: BaseException, source: Path | None) -> str:
 
 
 def _cancelled_by_delete(job: Job) -> bool:
+    """The video's DELETE won (for a segment job: its video's)."""
     try:
-        return settle.is_cancelled(job.connection, job.id)
+        return settle.is_cancelled(job.connection, video_of(job.id))
     except redis.RedisError:  # Redis itself may be what failed: then RQ's retries decide
         return False
 
@@ -164,6 +191,98 @@ def stylize_image_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
 def train_job(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Train the style `name` on the job's painting, register it, grade it and run the promotion gate."""
     return _run(lambda job, source, output: _train_style(job, source, output, name, options), "painting")
+
+
+def stylize_segment_job(model_ref: str, options: dict[str, Any], segment: dict[str, Any]) -> dict[str, Any]:
+    """Stylize one segment of a long video (clipmorph.video.segments) into a piece kept in the job storage.
+
+    model_ref: the version pinned when the video was queued ("clipmorph-kandinsky/3"): every segment uses it.
+    The video's DELETE stops it between frames; a failure keeps the segment's retries (it alone runs again)
+    unless it is bad input, which fails it at once with the client's message (the stitch job passes it on).
+    """
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("jobs run inside an RQ worker")
+    video = job.meta[VIDEO_META]
+    piece = Segment.from_dict(segment)
+    storage = open_storage(get_settings())
+    work = storage.segment_workspace(video, piece.index)
+    source: Path | None = None
+    try:
+        if _cancelled_by_delete(job):
+            raise JobCancelled(f"video {video} cancelled")
+        source = _input_of(storage, video, work)
+        loaded = models().get(model_ref)
+        name = part_name(piece.index)
+        log.info("job %s: segment %d of %s with %s v%s", job.id, piece.index, video, loaded.name, loaded.version)
+        try:
+            stylize_video(
+                source,
+                work.dir / name,
+                loaded.model,
+                StylizeOptions(**options, norm_smoothing=norm_smoothing(loaded.info)),
+                progress=ProgressReporter(job, job.connection),
+                should_cancel=lambda: cancel_requested.is_set() or _cancelled_by_delete(job),
+                segment=piece,
+            )
+        except StylizeCancelled:
+            raise JobCancelled(f"video {video} cancelled") from None
+        storage.store_part(video, work, name)
+        return {"segment": piece.index, "frames": piece.frames}
+    except BaseException as e:
+        if _cancelled_by_delete(job):
+            storage.delete(video)  # what this attempt may have re-created after the DELETE removed the files
+            _no_retry(job)
+            raise JobCancelled(f"video {video} cancelled") from None
+        if isinstance(e, DETERMINISTIC_ERRORS):
+            _no_retry(job, _client_message(e, source))
+        raise
+    finally:
+        work.delete()  # this attempt's workspace, whatever the outcome (the piece is in the storage)
+
+
+def stitch_job(style: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The job of a video in segments: once every segment job ended, join their pieces (a remux) with the
+    input's audio into the video's result; fail (not retried) with the first failed segment's message."""
+    result = _run(lambda job, source, output: _stitch(job, source, output), "video")
+    job = get_current_job()
+    try:
+        open_storage(get_settings()).delete_parts(job.id if job else "")
+    except StorageUnavailable:  # the expiry sweep deletes them with the job
+        log.warning("could not delete the pieces of %s; they expire with the job", job.id if job else "?")
+    return result
+
+
+def _stitch(job: Job, source: Path, output: Path) -> dict[str, Any]:
+    ids = segment_ids(job.meta)
+    segments = Job.fetch_many(ids, connection=job.connection)
+    for sid, segment in zip(ids, segments, strict=True):
+        if segment is None:
+            raise SegmentFailed(SEGMENT_FAILED)  # expired before it ran (queued past the job TTL)
+        status = segment.get_status(refresh=False)
+        if status == JobStatus.FAILED:
+            raise SegmentFailed(segment.get_meta(refresh=False).get("error") or SEGMENT_FAILED)
+        if status != JobStatus.FINISHED:
+            log.warning("job %s: segment %s ended %s", job.id, sid, status)
+            raise SegmentFailed(SEGMENT_FAILED)
+    storage = open_storage(get_settings())
+    work = JobFiles(output.parent)
+    try:
+        parts = [storage.fetch_part(job.id, part_name(i), work) for i in range(len(ids))]
+    except FileNotFoundError:
+        raise InputMissing("the video's stylized segments are gone (deleted or expired)") from None
+    stitch(parts, source, output)
+    info = probe(output)
+    return {
+        "model_name": job.meta.get("model_name"),
+        "model_version": job.meta.get("model_version"),
+        "frames": info.frames,
+        "width": info.width,
+        "height": info.height,
+        "duration": info.duration,
+        "has_audio": info.has_audio,
+        "segments": len(ids),
+    }
 
 
 def _run(stylize: Callable[[Job, Path, Path], dict[str, Any]], kind: str) -> dict[str, Any]:

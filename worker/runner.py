@@ -34,6 +34,7 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from clipmorph import registry
+from clipmorph.jobs.queue import video_of
 from clipmorph.jobs.storage import StorageUnavailable, open_storage
 from clipmorph.serving import redisconn
 from clipmorph.settings import Settings, get_settings
@@ -81,7 +82,8 @@ class StylizeWorker(SimpleWorker):
         settings = get_settings()
         running = set()
         for queue in self.queues:
-            running.update(queue.started_job_registry.get_job_ids(cleanup=False))
+            # A running segment job keeps its video's files (they are stored under the video's id).
+            running.update(video_of(i) for i in queue.started_job_registry.get_job_ids(cleanup=False))
         try:
             open_storage(settings).purge_expired(settings.job_ttl_seconds, keep=running)
         except StorageUnavailable:  # logged by the storage; the next pass tries again

@@ -10,6 +10,10 @@ with 413; the worker checks every frame again and fails the job with the same me
 A DELETE and a finishing worker race through clipmorph.jobs.settle: a job still queued or
 running is cancelled (204, and it reads "cancelled" from then on); a job that already
 finished keeps its result and the DELETE gets 409.
+
+A video longer than settings.segment_seconds is planned into segments here at upload (a packet
+scan) and queued as one job per segment plus the video's stitch job (clipmorph.jobs.queue): its
+status sums the segments' progress, and its DELETE stops every segment too.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from api.deps import Services, ServicesDep, signed_result_url
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.jobs import settle
 from clipmorph.jobs.files import input_suffix
-from clipmorph.jobs.queue import enqueue_stylize, result_name
+from clipmorph.jobs.queue import enqueue_stylize, result_name, segment_ids
 from clipmorph.jobs.storage import Redirect, StorageUnavailable
 from clipmorph.registry import ModelNotFoundError, get_version
 from clipmorph.settings import Settings
 from clipmorph.video.probe import VideoError, VideoInfo, VideoLimitError, VideoLimits, probe, public_message
+from clipmorph.video.segments import Segment, plan_segments
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -56,12 +61,13 @@ def parse_form(model: type[schemas.StyleForm], fields: dict[str, str]) -> Any:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
 
 
-def check_style(services: Services, style: str) -> None:
-    """422 unless the style has a champion in the registry (blocking: run in a thread)."""
+def check_style(services: Services, style: str) -> tuple[str, str]:
+    """422 unless the style has a champion in the registry (blocking: run in a thread); -> (name, version)."""
     try:
-        get_version(services.registry(), style)
+        version = get_version(services.registry(), style)
     except ModelNotFoundError as e:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown style {style!r}: {e}") from None
+    return version.name, str(version.version)
 
 
 def probe_upload(path: Path, settings: Settings) -> VideoInfo:
@@ -77,6 +83,20 @@ def probe_upload(path: Path, settings: Settings) -> VideoInfo:
     if info.frames == 0:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "not a usable video: it has no frames")
     return info
+
+
+def plan_upload(path: Path, info: VideoInfo, settings: Settings) -> list[Segment]:
+    """The video's segments when it is longer than settings.segment_seconds, else [] (blocking: run in a thread).
+
+    Planned here, where the file is on local disk already: a packet scan, no decoding.
+    """
+    if settings.segment_seconds <= 0 or (info.duration or 0) <= settings.segment_seconds:
+        return []
+    try:
+        return plan_segments(path, settings.segment_seconds, settings.segment_warmup_frames)
+    except VideoError:  # it passed the probe; one job for the whole video reports whatever is wrong
+        log.warning("could not plan segments for %s; one job for the whole video", path.parent.name)
+        return []
 
 
 def _urls(request: Request, job_id: str) -> tuple[str, str]:
@@ -125,14 +145,17 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"max_side may be at most {settings.max_video_side}"
             )
-        await run_in_threadpool(check_style, services, form.style)
+        model = await run_in_threadpool(check_style, services, form.style)
         source = staged.input(input_suffix(received.filename))
         staged.upload.rename(source)
         info = await run_in_threadpool(probe_upload, source, settings)
+        segments = await run_in_threadpool(plan_upload, source, info, settings)
         options = {"max_side": form.max_side, "strength": form.strength, "stabilize": form.stabilize.value}
         await run_in_threadpool(storage.store_input, job_id, staged)
         stored = True
-        await run_in_threadpool(enqueue_stylize, services.queue, job_id, form.style, options, info, settings)
+        await run_in_threadpool(
+            enqueue_stylize, services.queue, job_id, form.style, options, info, settings, segments, model
+        )
     except BaseException:
         staged.delete()
         if stored:
@@ -169,10 +192,15 @@ def get_job(job_id: uuid.UUID, request: Request, services: ServicesDep) -> schem
     job = _job_or_404(services, job_id)
     jobstate.reap_if_abandoned(services.queue, job)
     result_url = _urls(request, job.id)[1]
-    described = jobstate.describe(job, result_url, settle.ended(services.redis, job.id))
+    segments = jobstate.segments_of(job)
+    described = jobstate.describe(job, result_url, settle.ended(services.redis, job.id), segments)
     if described.status is schemas.JobState.queued:
-        queue = services.train_queue if job.origin == services.train_queue.name else services.queue
-        described.queue_position = queue.get_job_position(job.id)
+        if segments and segments[0] is not None:
+            # A video in segments waits as its first segment does (its own job is deferred until they all end).
+            described.queue_position = services.queue.get_job_position(segments[0].id)
+        else:
+            queue = services.train_queue if job.origin == services.train_queue.name else services.queue
+            described.queue_position = queue.get_job_position(job.id)
     if described.result_url:
         described.stream_url = signed_result_url(services.settings, result_url, job.id)
     return described
@@ -230,7 +258,19 @@ def delete_job(job_id: uuid.UUID, services: ServicesDep) -> Response:
 
 
 def _stop(job: Job) -> None:
-    """Take a job that was just marked cancelled off the queue, or tell its worker to stop between frames."""
+    """Take a job that was just marked cancelled off the queue, or tell its worker to stop between frames;
+    for a video in segments, each of its segment jobs too (they also poll the video's cancelled mark)."""
+    _stop_one(job)
+    for segment in Job.fetch_many(segment_ids(job.get_meta(refresh=False)), connection=job.connection):
+        if segment is not None and segment.get_status(refresh=False) in _STOPPABLE:
+            _stop_one(segment)
+
+
+# What a segment job can be while there is something to stop; one that ended is left as it is.
+_STOPPABLE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
+
+
+def _stop_one(job: Job) -> None:
     job.refresh()
     if job.get_status(refresh=False) == JobStatus.STARTED:
         try:

@@ -16,16 +16,26 @@ from typing import Any
 import PIL.Image
 from redis import Redis
 from rq import Callback, Queue, Retry
-from rq.job import Job
+from rq.job import Dependency, Job
 
 from clipmorph.jobs.storage import open_storage
 from clipmorph.settings import Settings, get_settings
 from clipmorph.video.probe import VideoInfo
+from clipmorph.video.segments import Segment
 
 # The job functions, run by a worker (worker/jobs.py).
 VIDEO_JOB = "worker.jobs.stylize_job"
 IMAGE_JOB = "worker.jobs.stylize_image_job"
 TRAIN_JOB = "worker.jobs.train_job"
+# A video longer than settings.segment_seconds (clipmorph.video.segments): one SEGMENT_JOB per segment, any
+# worker taking any of them, and the video's own job (its id the video's) is the STITCH_JOB that joins the
+# pieces, run once every segment job has ended (RQ depends_on; a failed segment lets it run, to fail the video).
+SEGMENT_JOB = "worker.jobs.stylize_segment_job"
+STITCH_JOB = "worker.jobs.stitch_job"
+# Meta keys: the video job's ids of its segment jobs; a segment job's video id and segment number.
+SEGMENTS_META = "segments"
+VIDEO_META = "video"
+SEGMENT_META = "segment"
 
 # Frames stylized by all workers ever: a Redis counter so the API's /metrics sees every worker's work.
 FRAMES_COUNTER_KEY = "clipmorph:metrics:frames_stylized"
@@ -54,9 +64,39 @@ def job_timeout(frames: int | None, width: int, height: int, settings: Settings)
     return max(settings.job_min_timeout_seconds, math.ceil(budget))
 
 
+def segment_job_id(video_id: str, index: int) -> str:
+    """A segment job's id: the video's and the segment's number (not a UUID: no route reaches it)."""
+    return f"{video_id}-s{index:04d}"
+
+
+def video_of(job_id: str) -> str:
+    """The id of the video (the job storage's key) a job works for: its own, or a segment job's video."""
+    head, sep, tail = job_id.rpartition("-s")
+    return head if sep and len(head) == 36 and tail.isdigit() else job_id
+
+
+def segment_ids(meta: dict[str, Any]) -> list[str]:
+    """A video job's segment job ids ([] for a video that is not split)."""
+    return list(meta.get(SEGMENTS_META) or [])
+
+
 def enqueue_stylize(
-    queue: Queue, job_id: str, style: str, options: dict[str, Any], info: VideoInfo, settings: Settings
+    queue: Queue,
+    job_id: str,
+    style: str,
+    options: dict[str, Any],
+    info: VideoInfo,
+    settings: Settings,
+    segments: list[Segment] | None = None,
+    model: tuple[str, str] | None = None,
 ) -> Job:
+    """Queue the video's job; with `segments` (2 or more, clipmorph.video.segments.plan_segments), one job per
+    segment and the video's job to stitch them. model: (registered name, version) that every segment uses,
+    so a promotion while the video runs cannot mix two models in it (required with segments)."""
+    if segments and len(segments) > 1:
+        if model is None:
+            raise ValueError("a video in segments needs its model version pinned")
+        return _enqueue_segmented(queue, job_id, style, options, info, settings, segments, model)
     return _enqueue(
         queue,
         VIDEO_JOB,
@@ -68,6 +108,62 @@ def enqueue_stylize(
         timeout=job_timeout(info.frames, info.width, info.height, settings),
         meta={"frames": info.frames},
     )
+
+
+def _enqueue_segmented(
+    queue: Queue,
+    job_id: str,
+    style: str,
+    options: dict[str, Any],
+    info: VideoInfo,
+    settings: Settings,
+    segments: list[Segment],
+    model: tuple[str, str],
+) -> Job:
+    ttl = settings.job_ttl_seconds
+    ids = [segment_job_id(job_id, s.index) for s in segments]
+    ref = f"{model[0]}/{model[1]}"
+    jobs = [
+        Queue.prepare_data(
+            SEGMENT_JOB,
+            args=(ref, options, segment.as_dict()),
+            job_id=sid,
+            description=f"stylize segment {segment.index + 1}/{len(segments)} of video {job_id} as {style}",
+            # Its frames and its warm-up frames.
+            timeout=job_timeout(segment.frames + settings.segment_warmup_frames, info.width, info.height, settings),
+            ttl=ttl,
+            result_ttl=ttl,
+            failure_ttl=ttl,
+            # Each segment keeps its own retries: a failed one is run again alone.
+            retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+            meta={VIDEO_META: job_id, SEGMENT_META: segment.index, "frames": segment.frames, "progress": None},
+        )
+        for segment, sid in zip(segments, ids, strict=True)
+    ]
+    stitch = Queue.prepare_data(
+        STITCH_JOB,
+        args=(style, options),
+        job_id=job_id,
+        description=f"stitch the {len(segments)} segments of video {job_id} as {style}",
+        depends_on=Dependency(jobs=ids, allow_failure=True),
+        # A remux: reading and writing the file, with a bucket downloading the input and the pieces.
+        timeout=settings.job_min_timeout_seconds,
+        ttl=ttl,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+        on_failure=Callback(remove_partials),
+        meta={
+            "style": style,
+            "options": options,
+            "progress": None,
+            "frames": info.frames,
+            "model_name": model[0],
+            "model_version": model[1],
+            SEGMENTS_META: ids,
+        },
+    )
+    return next(job for job in queue.enqueue_many([*jobs, stitch]) if job.id == job_id)
 
 
 def enqueue_stylize_image(
@@ -185,4 +281,4 @@ def remove_partials(
     tb: TracebackType | None = None,
 ) -> None:
     """RQ failure callback, also for a job abandoned by a dead worker: drop its half-written files."""
-    open_storage(get_settings()).remove_partials(job.id)
+    open_storage(get_settings()).remove_partials(video_of(job.id))

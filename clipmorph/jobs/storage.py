@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "the job storage is unavailable; try again shortly"
 # The error codes of an object that is not there (HEAD answers a bare 404).
 _MISSING = ("404", "NoSuchKey", "NotFound")
+# A long video's stylized pieces, under the job (<uuid>/parts/...), and its segments' workspaces (local folders).
+PARTS = "parts"
+SEGMENTS = "segments"
 # S3's DeleteObjects takes at most this many keys per call.
 _DELETE_BATCH = 1000
 
@@ -94,6 +98,29 @@ class JobStorage(ABC):
     def release(self, work: JobFiles) -> None:
         """Remove what an attempt left in its workspace (half-written files, local copies); always safe."""
 
+    # A long video's segments (clipmorph.video.segments): each is stylized by whichever worker takes it, so its
+    # piece goes through the storage (a worker on another machine stitches them).
+
+    @abstractmethod
+    def segment_workspace(self, job_id: str, index: int) -> JobFiles:
+        """A worker's local folder for one attempt at segment `index`, empty; the caller deletes it when done.
+
+        Its own folder, not the job's: segments of one video run at the same time, and an attempt clears
+        what an earlier attempt left in its workspace.
+        """
+
+    @abstractmethod
+    def store_part(self, job_id: str, work: JobFiles, name: str) -> None:
+        """Keep `work`'s finished file `name` as one of the job's pieces (under parts/)."""
+
+    @abstractmethod
+    def fetch_part(self, job_id: str, name: str, work: JobFiles) -> Path:
+        """The job's piece `name` as a local file (in `work` when it has to be copied); FileNotFoundError if gone."""
+
+    @abstractmethod
+    def delete_parts(self, job_id: str) -> None:
+        """Delete the job's pieces (once they are stitched)."""
+
     @abstractmethod
     def result(self, job_id: str, name: str, media_type: str, download_name: str) -> Path | Redirect | None:
         """Where a client reads a job's result: a local file, a Redirect, or None when it is gone."""
@@ -137,13 +164,37 @@ class LocalStorage(JobStorage):
         return files
 
     def fetch_input(self, job_id: str, work: JobFiles) -> Path:
-        return work.find_input()
+        return JobFiles.of(self.jobs_dir, job_id).find_input()  # read in place, whichever workspace asks
 
     def store_output(self, job_id: str, work: JobFiles, name: str, media_type: str) -> None:
         pass  # written in place: the pipeline renames a complete file to its name
 
     def release(self, work: JobFiles) -> None:
         work.remove_partials()
+
+    def _parts(self, job_id: str) -> Path:
+        return JobFiles.of(self.jobs_dir, job_id).dir / PARTS
+
+    def segment_workspace(self, job_id: str, index: int) -> JobFiles:
+        work = JobFiles(JobFiles.of(self.jobs_dir, job_id).dir / SEGMENTS / str(int(index)))
+        work.delete()
+        work.dir.mkdir(parents=True)
+        return work
+
+    def store_part(self, job_id: str, work: JobFiles, name: str) -> None:
+        parts = self._parts(job_id)
+        parts.mkdir(exist_ok=True)
+        os.replace(work.dir / name, parts / name)  # the same disk: a rename, whole or not at all
+
+    def fetch_part(self, job_id: str, name: str, work: JobFiles) -> Path:
+        path = self._parts(job_id) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"job {job_id} has no piece {name}")
+        return path
+
+    def delete_parts(self, job_id: str) -> None:
+        shutil.rmtree(self._parts(job_id), ignore_errors=True)
+        shutil.rmtree(JobFiles.of(self.jobs_dir, job_id).dir / SEGMENTS, ignore_errors=True)
 
     def result(self, job_id: str, name: str, media_type: str, download_name: str) -> Path | Redirect | None:
         path = JobFiles.of(self.jobs_dir, job_id).dir / name
@@ -339,6 +390,41 @@ class S3Storage(JobStorage):
 
     def release(self, work: JobFiles) -> None:
         work.delete()  # the local copies: the bucket holds the input and, if it finished, the output
+
+    def segment_workspace(self, job_id: str, index: int) -> JobFiles:
+        work = JobFiles(JobFiles.of(self.scratch_dir, job_id).dir / SEGMENTS / str(int(index)))
+        work.delete()
+        work.dir.mkdir(parents=True)
+        return work
+
+    def store_part(self, job_id: str, work: JobFiles, name: str) -> None:
+        with self._calls("storing a piece"):
+            self.client.upload_file(str(work.dir / name), self.location.bucket, self._part_key(job_id, name))
+
+    def fetch_part(self, job_id: str, name: str, work: JobFiles) -> Path:
+        from botocore.exceptions import ClientError
+
+        target = work.dir / name
+        partial = work.dir / f".{name}.partial"
+        with self._calls("fetching a piece"):
+            try:
+                self.client.download_file(self.location.bucket, self._part_key(job_id, name), str(partial))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in _MISSING:
+                    raise FileNotFoundError(f"job {job_id} has no piece {name}") from None
+                raise
+        partial.rename(target)
+        return target
+
+    def delete_parts(self, job_id: str) -> None:
+        keys = [item["Key"] for item in self._keys(self._job_prefix(job_id) + f"{PARTS}/")]
+        if keys:
+            self._delete_keys(keys)
+
+    def _part_key(self, job_id: str, name: str) -> str:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"not a piece's name: {name!r}")
+        return f"{self._job_prefix(job_id)}{PARTS}/{name}"
 
     def remove_partials(self, job_id: str) -> None:
         # Nothing half-written is ever visible in the bucket (an object appears whole or not at all);

@@ -58,6 +58,7 @@ from clipmorph.video.probe import (
     reason,
     video_stream,
 )
+from clipmorph.video.segments import Segment
 from clipmorph.video.stabilize import FlowStabilizer, Motion, MotionTracker
 from clipmorph.video.writer import VideoWriter
 
@@ -153,6 +154,7 @@ class _Frame:
     colors: dict = field(default_factory=dict)  # colour tags (first frame only)
     motion: Motion | None = None
     stylized: np.ndarray | None = None
+    warmup: bool = False  # a segment's warm-up frame: stabilised, then dropped before the encoder
 
 
 _COLOR_TAGS = ("color_primaries", "color_trc", "colorspace")
@@ -167,23 +169,37 @@ def _check_frame(frame: av.VideoFrame, index: int, start: float | None, limits: 
 
 
 def _decode_frames(
-    src: Path, size: tuple[int, int], net_size: tuple[int, int], limits: VideoLimits
+    src: Path, size: tuple[int, int], net_size: tuple[int, int], limits: VideoLimits, segment: Segment | None = None
 ) -> Iterator[_Frame]:
-    """Decoded frames at `size` (the first frame's), each checked against `limits` as it comes."""
+    """Decoded frames at `size` (the first frame's), each checked against `limits` as it comes.
+
+    segment: only its frames (by pts), after its warm-up frames (marked `warmup`), decoding from its keyframe.
+    """
     with open_input(src) as container, named_errors(src):
         stream = video_stream(container, src)
         stream.thread_type = "AUTO"
+        if segment is not None and segment.index > 0:
+            container.seek(segment.seek_pts, stream=stream, backward=True, any_frame=False)
         start = None
-        for i, frame in enumerate(decoded_frames(container, stream, src)):
+        i = 0
+        for frame in decoded_frames(container, stream, src):
+            if segment is not None:
+                # The decoder hands frames over in presentation order, so the first one past the end ends it.
+                if frame.pts is None or frame.pts < segment.warm_pts:
+                    continue
+                if segment.end_pts is not None and frame.pts >= segment.end_pts:
+                    break
             start = frame.time if start is None else start
             _check_frame(frame, i, start, limits)
             # A resolution change mid-stream: the output has one size, so later sizes are scaled to it.
             rgb = resize(frame.to_ndarray(format="rgb24"), size)
             item = _Frame(i, frame.pts, frame.duration, rgb, resize(rgb, net_size))
+            item.warmup = segment is not None and frame.pts < segment.start_pts
             if i == 0:
                 item.matrix = display_matrix(frame)
                 item.colors = {k: getattr(frame, k) for k in _COLOR_TAGS}
             yield item
+            i += 1
 
 
 def _with_motion(frames: Iterable[_Frame]) -> Iterator[_Frame]:
@@ -267,11 +283,14 @@ def stylize_video(
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     limits: VideoLimits | None = None,
+    segment: Segment | None = None,
 ) -> VideoInfo:
     """Stylize `src` into `dst` (container from dst's extension); returns the output's VideoInfo.
 
     The model runs on whatever device it is on (see inference.load_stylizer).
     limits: what the input may be at most (None: the settings), checked on every frame.
+    segment: only that piece of the video (clipmorph.video.segments), video only (`stitch` adds the audio),
+    its warm-up frames stylized and stabilised but not written; progress counts its frames.
     Raises VideoError for bad input (VideoLimitError past a limit) and
     StylizeCancelled when cancelled; dst is then left untouched.
     """
@@ -285,8 +304,8 @@ def stylize_video(
     smoothing = options.norm_smoothing if options.norm_smoothing is not None else DEFAULT_NORM_SMOOTHING
     model.set_norm_smoothing(smoothing if use_norm else 0.0)
     try:
-        report = _Reporter(info.frames, progress, should_cancel)
-        _run_pipeline(src, tmp, info, model, options, use_flow, limits, report)
+        report = _Reporter(segment.frames if segment else info.frames, progress, should_cancel)
+        _run_pipeline(src, tmp, info, model, options, use_flow, limits, report, segment)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -303,6 +322,7 @@ def _run_pipeline(
     use_flow: bool,
     limits: VideoLimits,
     report: _Reporter,
+    segment: Segment | None = None,
 ) -> None:
     size = (info.width, info.height)
     net_size = network_size(*size, options.max_side, model)
@@ -311,7 +331,7 @@ def _run_pipeline(
     # Each queued frame holds the full-size original too: the queues shrink with the larger of the two.
     depth = 2 * batch_size_for(max(size, net_size, key=lambda s: s[0] * s[1]), batch, settings.batch_pixels)
     stop = threading.Event()
-    decode = _Stage("decode", lambda: _decode_frames(src, size, net_size, limits), depth, stop)
+    decode = _Stage("decode", lambda: _decode_frames(src, size, net_size, limits, segment), depth, stop)
     stages = [decode]
     if use_flow:
         stages.append(_Stage("motion", lambda: _with_motion(decode), depth, stop))
@@ -329,14 +349,21 @@ def _run_pipeline(
     try:
         for f in stages[-1]:
             if writer is None:
-                writer = VideoWriter(tmp, src, size, f.colors, f.matrix, rate, time_base, options.crf)
+                writer = VideoWriter(
+                    tmp, src, size, f.colors, f.matrix, rate, time_base, options.crf, audio=segment is None
+                )
             out = stabilizer(f.stylized, f.motion) if stabilizer else f.stylized
+            if f.warmup:
+                continue  # it has warmed up the stabiliser (and the norm statistics, in the network)
             out = blend(resize(out, (info.width, info.height)), f.original, options.strength)
             writer.write(out, f.pts, f.duration)
             done += 1
             report(done)
         if writer is None:
             raise VideoError(f"{src.name}: no frame of the video can be decoded")
+        if segment is not None and done != segment.frames:
+            # The plan counted packets; frames that do not decode (or lack a pts) would shift the joins.
+            raise VideoError(f"{src.name}: segment {segment.index} decoded {done} of its {segment.frames} frames")
         writer.close()
         writer = None
         report(done, final=True)

@@ -114,6 +114,7 @@ class VideoWriter:
         rate: Fraction | None,
         time_base: Fraction,
         crf: int,
+        audio: bool = True,
     ):
         width, height = size
         try:
@@ -139,7 +140,8 @@ class VideoWriter:
                 setattr(self.stream.codec_context, tag, value)
         if matrix is not None:
             self.stream.set_display_matrix(matrix)
-        self.audio = _AudioCopier(src, self.out)
+        # audio=False: a segment's piece (clipmorph.video.segments), whose stitch adds the audio once.
+        self.audio = _AudioCopier(src, self.out) if audio else None
         self.time_base = time_base
         self._last_pts: int | None = None
 
@@ -160,16 +162,19 @@ class VideoWriter:
         frame.pts, frame.time_base = pts, self.time_base
         if duration:
             frame.duration = duration
-        self.audio.mux_until(float(pts * self.time_base))
+        if self.audio is not None:
+            self.audio.mux_until(float(pts * self.time_base))
         self.out.mux(self.stream.encode(frame))
 
     def close(self) -> None:
         self.out.mux(self.stream.encode(None))
-        self.audio.close()
+        if self.audio is not None:
+            self.audio.close()
         self.out.close()
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.audio._input.close()
+        if self.audio is not None:
+            with contextlib.suppress(Exception):
+                self.audio._input.close()
         with contextlib.suppress(Exception):
             self.out.close()
