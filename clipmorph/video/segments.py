@@ -36,7 +36,7 @@ import av
 import av.error
 
 from clipmorph.video.probe import VideoError, open_input, reason, video_stream
-from clipmorph.video.writer import _AudioCopier
+from clipmorph.video.writer import AudioCopier
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,9 @@ def _scan(parts: list[Path]) -> tuple[Fraction, list[int]]:
 
 
 @contextlib.contextmanager
-def _closing_audio(src: Path, out: av.container.OutputContainer) -> Iterator[_AudioCopier]:
+def _closing_audio(src: Path, out: av.container.OutputContainer) -> Iterator[AudioCopier]:
     """The input's audio for `out`; its input file is closed however the stitch ends."""
-    audio = _AudioCopier(src, out)
+    audio = AudioCopier(src, out)
     try:
         yield audio
     except BaseException:

@@ -47,7 +47,7 @@ def _can_copy(codec: str, out: av.container.OutputContainer) -> bool:
     return codec in out.supported_codecs
 
 
-class _AudioCopier:
+class AudioCopier:
     """Muxes the input's audio streams into the output, in step with the video."""
 
     def __init__(self, src: Path, out: av.container.OutputContainer) -> None:
@@ -141,7 +141,7 @@ class VideoWriter:
         if matrix is not None:
             self.stream.set_display_matrix(matrix)
         # audio=False: a segment's piece (clipmorph.video.segments), whose stitch adds the audio once.
-        self.audio = _AudioCopier(src, self.out) if audio else None
+        self.audio = AudioCopier(src, self.out) if audio else None
         self.time_base = time_base
         self._last_pts: int | None = None
 
