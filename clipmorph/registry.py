@@ -225,10 +225,11 @@ SETTLE_SECONDS = 2.0
 
 
 def _store_stamp(settings: Settings) -> list[list[int] | None] | None:
-    """(inode, size, mtime) of a local SQLite registry's database and of its write-ahead log, if any.
+    """(inode, size, mtime, ctime) of a local SQLite registry's database and of its write-ahead log, if any.
 
-    Every write to the registry changes them; reads do not. None for any other store (an MLflow
-    server), which is always asked.
+    Every write to the registry changes them; reads do not (and a copy that keeps the mtime, e.g. a
+    restored backup, still gets a new ctime). None for any other store (an MLflow server), which is
+    always asked.
     """
     if not settings.tracking_uri.startswith("sqlite:///"):
         return None
@@ -240,7 +241,7 @@ def _store_stamp(settings: Settings) -> list[list[int] | None] | None:
         except OSError:
             stamp.append(None)
         else:
-            stamp.append([st.st_ino, st.st_size, st.st_mtime_ns])
+            stamp.append([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return stamp if stamp[0] is not None else None
 
 
