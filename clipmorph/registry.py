@@ -12,28 +12,35 @@ nothing is ever unpickled.
 The built-in models (models/<style>/) register themselves as version 1 and champion the first
 time anything needs them (register_builtins: API and worker start-up, `make up`, a lookup of a
 built-in style), under a file lock so that processes starting together register each one once.
+
+MLflow is imported only where a function needs it: importing MLflow and opening its SQLAlchemy
+store takes 2-4 s, most of a short `clipmorph stylize`. A registered name that was resolved before,
+against a registry database that has not been written since, is answered from the model cache
+without MLflow (see `resolve`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 from filelock import FileLock
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
 from clipmorph.model.artifact import CONFIG, read_info
 from clipmorph.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 MODEL_PREFIX = "clipmorph-"
 ARTIFACT_PATH = "model"
@@ -80,6 +87,9 @@ def registry_lock(settings: Settings | None = None) -> FileLock:
 
 def configure(settings: Settings | None = None) -> MlflowClient:
     """Point MLflow at the configured tracking/registry store and make sure the experiment exists."""
+    import mlflow
+    from mlflow import MlflowClient
+
     settings = settings or get_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
@@ -94,6 +104,8 @@ def configure(settings: Settings | None = None) -> MlflowClient:
 
 
 def _ensure_experiment(client: MlflowClient, settings: Settings) -> None:
+    from mlflow.exceptions import MlflowException
+
     if client.get_experiment_by_name(settings.mlflow_experiment) is None:
         location = None
         if "://" not in settings.tracking_uri or settings.tracking_uri.startswith("sqlite:"):
@@ -105,6 +117,8 @@ def _ensure_experiment(client: MlflowClient, settings: Settings) -> None:
 
 def register_model_dir(client: MlflowClient, model_dir: Path, style: str, run_id: str) -> ModelVersion:
     """Upload `model_dir` as the run's `model` artifact and register it as a new version."""
+    from mlflow.exceptions import MlflowException
+
     client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
     _log_onnx(client, model_dir, run_id)
     name = registered_name(style)
@@ -150,6 +164,8 @@ def _lookup(client: MlflowClient, name: str, alias: str | None, version: str | N
 
 def get_version(client: MlflowClient, ref: str) -> ModelVersion:
     """The version `ref` names; a built-in style on a fresh registry is registered first (its first use)."""
+    from mlflow.exceptions import MlflowException
+
     name, alias, version = parse_ref(ref)
     with contextlib.suppress(MlflowException):
         return _lookup(client, name, alias, version)
@@ -165,14 +181,27 @@ def get_version(client: MlflowClient, ref: str) -> ModelVersion:
 
 
 def resolve(ref: str | Path, client: MlflowClient | None = None) -> ResolvedModel:
-    """A local folder for `ref`, downloading the version's artifact into a cache when needed."""
+    """A local folder for `ref`, downloading the version's artifact into a cache when needed.
+
+    Without a client, a name resolved before comes back from the model cache, without MLflow, as long
+    as the registry database is the same file, unchanged since (`_store_stamp`): promoting, registering
+    or deleting a version writes to it, so a new champion is looked up in MLflow as before.
+    """
     p = Path(ref)
     if (p / CONFIG).exists():
         return ResolvedModel(p)
-    client = client or configure()
+    settings = get_settings()
+    if client is None and (remembered := _remembered(str(ref), settings)):
+        return remembered
+    stamp = None
+    if client is None:
+        client = configure(settings)
+        stamp = _store_stamp(settings)  # after configure(), which may create the store or the experiment
     mv = get_version(client, str(ref))
-    cache = get_settings().var_dir / "model-cache" / mv.name / str(mv.version)
+    cache = settings.var_dir / "model-cache" / mv.name / str(mv.version)
     if not (cache / CONFIG).exists():
+        import mlflow.artifacts
+
         tmp = cache.with_name(cache.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -182,7 +211,72 @@ def resolve(ref: str | Path, client: MlflowClient | None = None) -> ResolvedMode
         shutil.rmtree(cache, ignore_errors=True)
         downloaded.rename(cache)
         shutil.rmtree(tmp, ignore_errors=True)
-    return ResolvedModel(cache, mv.name, str(mv.version))
+    resolved = ResolvedModel(cache, mv.name, str(mv.version))
+    # Remembered only if nothing wrote to the registry during the lookup (a built-in registered on first
+    # use, a promotion by another process): the answer then belongs to exactly this state of the database.
+    if stamp is not None and stamp == _store_stamp(settings) and _settled(stamp):
+        _remember(str(ref), resolved, stamp, settings)
+    return resolved
+
+
+# A database written this recently is not remembered: a second write within the same file-timestamp
+# tick (a few ms on ext4, up to 2 s on some shared volumes) could leave (size, mtime) as they were.
+SETTLE_SECONDS = 2.0
+
+
+def _store_stamp(settings: Settings) -> list[list[int] | None] | None:
+    """(inode, size, mtime, ctime) of a local SQLite registry's database and of its write-ahead log, if any.
+
+    Every write to the registry changes them; reads do not (and a copy that keeps the mtime, e.g. a
+    restored backup, still gets a new ctime). None for any other store (an MLflow server), which is
+    always asked.
+    """
+    if not settings.tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+    stamp: list[list[int] | None] = []
+    for path in (db, db.with_name(db.name + "-wal")):
+        try:
+            st = path.stat()
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    return stamp if stamp[0] is not None else None
+
+
+def _settled(stamp: list[list[int] | None]) -> bool:
+    newest = max(entry[2] for entry in stamp if entry is not None) / 1e9
+    return time.time() - newest > SETTLE_SECONDS
+
+
+def _remembered_path(ref: str, settings: Settings) -> Path:
+    name, alias, version = parse_ref(ref)
+    return settings.var_dir / "model-cache" / "refs" / name / (f"alias-{alias}" if alias else f"version-{version}")
+
+
+def _remembered(ref: str, settings: Settings) -> ResolvedModel | None:
+    """What `ref` resolved to last time, if the registry has not been written since; else None."""
+    stamp = _store_stamp(settings)
+    if stamp is None:
+        return None
+    try:
+        entry = json.loads(_remembered_path(ref, settings).read_text())
+    except (OSError, ValueError):
+        return None
+    if entry.get("tracking_uri") != settings.tracking_uri or entry.get("stamp") != stamp:
+        return None
+    path = Path(entry["path"])
+    return ResolvedModel(path, entry["name"], entry["version"]) if (path / CONFIG).exists() else None
+
+
+def _remember(ref: str, resolved: ResolvedModel, stamp: list, settings: Settings) -> None:
+    target = _remembered_path(ref, settings)
+    entry = {"tracking_uri": settings.tracking_uri, "stamp": stamp, "name": resolved.name, "version": resolved.version}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(entry | {"path": str(resolved.path)}))
+    tmp.replace(target)  # a reader sees the old entry or the new one, never half of one
 
 
 def style_exists(client: MlflowClient, style: str) -> bool:
@@ -215,6 +309,8 @@ def _register_builtin(client: MlflowClient, style: str, folder: Path, settings: 
     The evaluation metrics config.json records (`train.metrics`) are logged on the run,
     so the promotion gate has numbers to compare later versions with.
     """
+    from mlflow.entities import Metric, Param
+
     info = read_info(folder)
     _ensure_experiment(client, settings)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)

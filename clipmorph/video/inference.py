@@ -101,7 +101,7 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     runtime = runtime or settings.runtime
     if runtime not in ("auto", "torch", "onnx", "int8"):
         raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch, onnx or int8")
-    if (Path(ref) / CONFIG).exists():  # a model folder: no registry (and no mlflow import, ~1 s of start-up)
+    if (Path(ref) / CONFIG).exists():  # a model folder: no registry
         path, name, version = Path(ref), None, None
     else:
         from clipmorph import registry
