@@ -49,12 +49,24 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
 def test_style_blend_weights_are_normalised_and_validated(tmp_path):
     _img(tmp_path / "a.jpg")
     _img(tmp_path / "b.png")
-    blend = parse_style_spec("a:3,b:1", tmp_path)
+    blend = parse_style_spec("a:3,b:1", [tmp_path])
     assert [(s.path.name, s.weight) for s in blend] == [("a.jpg", 0.75), ("b.png", 0.25)]
     with pytest.raises(ValueError, match="positive"):
-        parse_style_spec("a:1,b:-1", tmp_path)
+        parse_style_spec("a:1,b:-1", [tmp_path])
     with pytest.raises(FileNotFoundError, match="known styles: a, b"):
-        parse_style_spec("c", tmp_path)
+        parse_style_spec("c", [tmp_path])
+
+
+def test_style_names_are_looked_up_in_each_folder_in_order(tmp_path):
+    data, uploaded = tmp_path / "data", tmp_path / "uploaded"
+    data.mkdir(), uploaded.mkdir()
+    _img(data / "a.jpg")
+    _img(uploaded / "a.png")  # the data's painting of that name wins
+    _img(uploaded / "c.png")
+    found = parse_style_spec("a,c", [data, uploaded])
+    assert [s.path for s in found] == [data / "a.jpg", uploaded / "c.png"]
+    with pytest.raises(FileNotFoundError, match="known styles: a, c"):
+        parse_style_spec("d", [data, uploaded])
 
 
 def test_photos_are_cropped_at_frame_scale(tmp_path):
