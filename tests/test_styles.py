@@ -31,6 +31,7 @@ from serving_helpers import stop_processes, tiny_registry
 
 from api.main import create_app
 from clipmorph.jobs import settle, training
+from clipmorph.jobs.queue import STYLE_NAME_LOCK, reserve_style_name
 from clipmorph.settings import Settings, get_settings
 from clipmorph.training.train import TrainStep
 from clipmorph.video.pipeline import StylizeCancelled
@@ -190,6 +191,18 @@ def test_a_name_already_being_trained_is_refused(client, serving):
     again = post_style(client)
     assert again.status_code == 409 and "already being trained" in again.json()["detail"]
     assert len(queues(serving)[0].get_job_ids()) == 1
+    assert not Redis.from_url(serving.redis_url).exists(STYLE_NAME_LOCK.format(name="newstyle"))  # released
+
+
+def test_a_name_another_upload_is_checking_is_refused_and_then_free(client, serving):
+    # Another request between its checks and its enqueue holds the name: this one must not pass the checks too.
+    held = reserve_style_name(Redis.from_url(serving.redis_url), "racing")
+    assert held is not None
+    refused = post_style(client, name="racing")
+    assert refused.status_code == 409 and "already being trained" in refused.json()["detail"]
+    assert queues(serving)[0].get_job_ids() == []
+    held.release()
+    assert post_style(client, name="racing").status_code == 202
 
 
 def test_install_painting_never_overwrites_and_keeps_its_own_on_a_retry(tmp_path):

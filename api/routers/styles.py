@@ -15,6 +15,7 @@ of that name on the server, or a training job for it still queued or running).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from pathlib import Path
@@ -22,13 +23,15 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from api import schemas
 from api.deps import Services, ServicesDep, TrainerDep
 from api.routers.jobs import forget_input, parse_form
 from api.uploads import ensure_disk_space, openapi_multipart, receive_form
 from clipmorph.jobs import training
-from clipmorph.jobs.queue import enqueue_train, styles_in_training
+from clipmorph.jobs.queue import enqueue_train, reserve_style_name, styles_in_training
 from clipmorph.registry import style_exists
 from clipmorph.training.data import find_painting
 
@@ -43,8 +46,11 @@ def _unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
 
 
-def check_request(services: Services, form: schemas.StyleTrainForm, painting: Path) -> training.TrainRequest:
-    """The checked request; 422, 413 or 409 otherwise (blocking: the registry, the styles folder, Redis)."""
+def check_request(
+    services: Services, form: schemas.StyleTrainForm, painting: Path, locks: list[Lock]
+) -> training.TrainRequest:
+    """The checked request; 422, 413 or 409 otherwise (blocking: the registry, the styles folder, Redis).
+    The name's lock is appended to `locks` before the name is checked: the caller releases it once queued."""
     settings = services.settings
     try:
         request = training.train_request(form.name, form.preset, form.iterations, form.blend, settings)
@@ -54,6 +60,9 @@ def check_request(services: Services, form: schemas.StyleTrainForm, painting: Pa
         too_large = status.HTTP_413_CONTENT_TOO_LARGE
         raise HTTPException(too_large if refusal.too_large else status.HTTP_422_UNPROCESSABLE_CONTENT, refusal.message)
     name = request.name
+    if (lock := reserve_style_name(services.redis, name)) is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"a style named {name!r} is already being trained")
+    locks.append(lock)
     if style_exists(services.registry(), name):
         raise HTTPException(status.HTTP_409_CONFLICT, f"a style named {name!r} already exists; choose another name")
     if find_painting(name, settings.style_dirs) is not None:
@@ -89,6 +98,7 @@ async def create_style(request: Request, services: ServicesDep, trainer: Trainer
     staged = storage.staging(job_id)
     staged.dir.mkdir(parents=True)
     stored = False
+    locks: list[Lock] = []
     try:
         with staged.upload.open("wb") as sink:
             received = await receive_form(
@@ -97,7 +107,7 @@ async def create_style(request: Request, services: ServicesDep, trainer: Trainer
         if received.size <= 0:
             raise _unprocessable(f"no painting: send it as a non-empty {PAINTING_FIELD!r} part")
         form = parse_form(schemas.StyleTrainForm, received.fields)
-        checked = await run_in_threadpool(check_request, services, form, staged.upload)
+        checked = await run_in_threadpool(check_request, services, form, staged.upload, locks)
         # The worker decodes the painting whatever its suffix: a fixed one, never the client's file name.
         source = staged.input("img")
         staged.upload.rename(source)
@@ -110,6 +120,10 @@ async def create_style(request: Request, services: ServicesDep, trainer: Trainer
         if stored:
             forget_input(services, job_id)
         raise
+    finally:
+        for lock in locks:  # queued (styles_in_training sees it now) or refused: the name is free to check again
+            with contextlib.suppress(LockError):
+                await run_in_threadpool(lock.release)
     log.info("training job %s queued by %s: %s, %s", job_id, trainer, checked.name, options)
     status_url = request.app.url_path_for("get_job", job_id=job_id)
     body = schemas.StyleTrainingCreated(

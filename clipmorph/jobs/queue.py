@@ -15,6 +15,7 @@ from typing import Any
 
 import PIL.Image
 from redis import Redis
+from redis.lock import Lock
 from rq import Callback, Queue, Retry
 from rq.job import Dependency, Job
 
@@ -209,6 +210,19 @@ def enqueue_train(queue: Queue, job_id: str, name: str, options: dict[str, Any],
         timeout=train_timeout(int(options["iters"]), settings),
         meta={"kind": "train"},
     )
+
+
+# Held by the API from its checks of a new style's name until the training job is queued: two uploads naming
+# the same style at the same moment would otherwise both pass styles_in_training before either is queued.
+STYLE_NAME_LOCK = "clipmorph:style-name:{name}"
+STYLE_NAME_LOCK_SECONDS = 600  # an upper bound on checking and storing one painting; expires if the API dies
+
+
+def reserve_style_name(connection: Redis, name: str) -> Lock | None:
+    """The name's lock, held (release it once the job is queued or refused), or None when another request
+    holds it. redis-py's Lock: a token per holder, so a request never releases another's."""
+    lock = connection.lock(STYLE_NAME_LOCK.format(name=name), timeout=STYLE_NAME_LOCK_SECONDS, blocking=False)
+    return lock if lock.acquire() else None
 
 
 def styles_in_training(queue: Queue) -> set[str]:
