@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import av
@@ -22,6 +22,18 @@ from clipmorph import registry
 from clipmorph.model.artifact import CONFIG, ModelInfo, save_model
 from clipmorph.model.network import PRESETS, build
 from clipmorph.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+
+def make_client(settings: Settings, **overrides: Any) -> TestClient:
+    """An in-process client of an app built from `settings` with some fields replaced."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    return TestClient(create_app(type(settings)(**{**settings.model_dump(), **overrides})))
 
 
 def make_clip(

@@ -15,13 +15,13 @@ import uuid
 
 import av
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from rq import Queue
 from rq.job import JobStatus
 from serving_helpers import (
     fetch_result,
     local_leftovers,
+    make_client,
     make_clip,
     make_flat_clip,
     make_resizing_clip,
@@ -32,7 +32,6 @@ from serving_helpers import (
     tiny_registry,
 )
 
-from api.main import create_app
 from clipmorph import registry
 from clipmorph.jobs import settle
 from clipmorph.jobs.files import purge_expired
@@ -60,10 +59,6 @@ def serving(registry_env, tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
-
-
-def make_client(settings, **overrides) -> TestClient:
-    return TestClient(create_app(type(settings)(**{**settings.model_dump(), **overrides})))
 
 
 @pytest.fixture

@@ -23,11 +23,10 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
 from rq import Queue
-from serving_helpers import stop_processes, tiny_registry
+from serving_helpers import make_client, stop_processes, tiny_registry
 
 from api.main import create_app
 from clipmorph.jobs import settle, training
@@ -67,10 +66,6 @@ def serving(registry_env, assets, tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
-
-
-def make_client(settings, **overrides) -> TestClient:
-    return TestClient(create_app(type(settings)(**{**settings.model_dump(), **overrides})))
 
 
 @pytest.fixture

@@ -542,12 +542,7 @@ function showJob(job, unit = "frame") {
   $("job-meter").hidden = false;
   const done = Number(p.done ?? p.frames_done ?? 0);
   const total = Number(p.total ?? p.frames_total ?? 0);
-  if (total > 0) {
-    bar.max = total;
-    bar.value = Math.min(done, total);
-  } else {
-    bar.removeAttribute("value");
-  }
+  setMeter(bar, done, total);
   const parts = [];
   if (total > 0) parts.push(`${unit} ${done} of ${total}`);
   else if (done > 0) parts.push(`${unit} ${done}`);
@@ -847,17 +842,22 @@ function showTrainError(message) {
   box.hidden = !message;
 }
 
-function showTraining(job) {
-  const p = job.progress || {};
-  const done = Number(p.done || 0);
-  const total = Number(p.total || 0);
-  const bar = $("train-bar");
+// A <progress> at done/total, or indeterminate while the total is unknown.
+function setMeter(bar, done, total) {
   if (total > 0) {
     bar.max = total;
     bar.value = Math.min(done, total);
   } else {
     bar.removeAttribute("value");
   }
+}
+
+function showTraining(job) {
+  const p = job.progress || {};
+  const done = Number(p.done || 0);
+  const total = Number(p.total || 0);
+  const bar = $("train-bar");
+  setMeter(bar, done, total);
   const parts = [];
   if (total > 0) parts.push(`step ${done} of ${total}`);
   if (Number(p.fps) > 0) parts.push(`${Number(p.fps).toFixed(2)} steps/s`);
