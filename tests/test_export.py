@@ -107,3 +107,32 @@ def test_int8_runtime_stays_close_to_the_float_graph(tmp_path, one_torch_thread)
     fast = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "fast")
     with pytest.raises(ValueError, match="--runtime torch"):
         load_stylizer(str(fast), "cpu", runtime="int8")
+
+
+def test_auto_runtime_and_cpu_precision_follow_the_cpus_bf16(tmp_path, monkeypatch) -> None:
+    """auto: torch under bf16 autocast + channels_last where the CPU does bf16 natively, else onnxruntime;
+    CLIPMORPH_CPU_BF16=false keeps torch in float32."""
+    folder = bn_model(tmp_path / "m")
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    for native in (True, False):
+        monkeypatch.setattr(inference, "_native_bf16", lambda native=native: native)
+        loaded = load_stylizer(str(folder), "cpu", runtime="auto").model
+        assert isinstance(loaded, export.OnnxStylizer) is (not native)
+    monkeypatch.setattr(inference, "_native_bf16", lambda: True)
+    torch_model = load_stylizer(str(folder), "cpu", runtime="torch").model
+    conv = next(m for m in torch_model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with inference._autocast(torch_model, torch.device("cpu")) as mode:
+        assert torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16, mode
+    bf16 = stylize_array(torch_model, rgb, StylizeOptions())
+    monkeypatch.setenv("CLIPMORPH_CPU_BF16", "false")
+    get_settings.cache_clear()
+    try:
+        assert not inference.cpu_bf16()
+        with inference._autocast(torch_model, torch.device("cpu")):
+            assert not torch.is_autocast_cpu_enabled()
+        fp32 = stylize_array(torch_model, rgb, StylizeOptions())
+    finally:
+        get_settings.cache_clear()
+    # bf16 is a rounding of the same picture: a few grey levels at most (53 dB PSNR on the shipped model).
+    assert np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 2.0

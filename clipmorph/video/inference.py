@@ -2,13 +2,16 @@
 
 Frames travel as uint8 RGB arrays (N, H, W, 3); conversion to float, the
 network and the clamp back to uint8 all happen on the model's device so only
-bytes cross the PCIe bus. On CUDA the network runs under fp16 autocast with
-channels_last memory; on CPU in fp32.
+bytes cross the PCIe bus. A torch network runs with channels_last memory, under fp16 autocast on CUDA
+and bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX): on the development machine's 2 Zen 4
+cores that made the shipped model 1.84x faster at 640x360 than fp32 NCHW, at a PSNR of 53 dB against
+it (benchmarks/bench_levers.py, docs/performance.md). onnxruntime models get plain NCHW float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +85,9 @@ def model_device(model: Stylizer) -> torch.device:
 
 def prepare(model: Stylizer, device: str | torch.device = "auto") -> Stylizer:
     """Move to the device in eval mode, batch norms folded into their convs (so the model is for inference
-    only from here on); channels_last on CUDA (faster convolutions with autocast)."""
+    only from here on), weights channels_last (oneDNN's and cuDNN's faster convolution layout)."""
     dev = resolve_device(device)
-    model = fold_batch_norm(model.to(dev).eval())
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return fold_batch_norm(model.to(dev).eval()).to(memory_format=torch.channels_last)
 
 
 def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) -> LoadedModel:
@@ -95,7 +95,7 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
 
     runtime (default: settings.runtime): "torch", "onnx" (onnxruntime on the CPU, for models without
     instance norm), "int8" (the same, quantised; calibrated once on the validation photos) or "auto"
-    (onnx where it can run, torch otherwise).
+    (torch on a CPU with native bf16 and on CUDA, else onnx where it can run, else torch).
     """
     settings = get_settings()
     runtime = runtime or settings.runtime
@@ -117,7 +117,10 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     if runtime == "int8":
         int8_path = export.int8_for(path, settings.var_dir / "onnx", calibration_pictures(settings))
         return LoadedModel(export.OnnxStylizer(int8_path, info), info, name, version)
-    if runtime == "onnx" or (runtime == "auto" and on_cpu and export.exportable(info)):
+    # auto: torch where the CPU does bf16 natively (bf16 + channels_last beat onnxruntime's float graph,
+    # 22 against 17 frames/s for the whole `clipmorph stylize` of bikes.mp4 here), onnxruntime elsewhere
+    # on the CPU for the models it can run (docs/performance.md, "Speed levers").
+    if runtime == "onnx" or (runtime == "auto" and on_cpu and export.exportable(info) and not cpu_bf16()):
         onnx_path = export.onnx_for(path, settings.var_dir / "onnx")
         runner = export.OnnxStylizer(onnx_path, info)
         return LoadedModel(runner, info, name, version)
@@ -181,10 +184,30 @@ def blend(stylized: np.ndarray, original: np.ndarray, strength: float) -> np.nda
     return cv2.addWeighted(stylized, strength, original, 1.0 - strength, 0.0)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+@functools.cache
+def _native_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_bf16() -> bool:
+    """Whether torch networks on the CPU run under bf16 autocast: settings.cpu_bf16 and a CPU that does
+    bf16 natively (emulated bf16 is slower than fp32)."""
+    return get_settings().cpu_bf16 and _native_bf16()
+
+
+def _autocast(model: Stylizer, device: torch.device) -> contextlib.AbstractContextManager:
+    if not isinstance(model, torch.nn.Module):  # onnxruntime: its own precision
+        return contextlib.nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and cpu_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _layout(model: Stylizer, x: torch.Tensor) -> torch.Tensor:
+    """The input in the memory layout the model runs fastest in (see prepare)."""
+    return x.contiguous(memory_format=torch.channels_last) if isinstance(model, torch.nn.Module) else x
 
 
 def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -205,8 +228,8 @@ def to_uint8(y: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def run_network(model: Stylizer, x: torch.Tensor) -> torch.Tensor:
-    with _autocast(x.device):
-        return model(x)
+    with _autocast(model, x.device):
+        return model(_layout(model, x))
 
 
 @torch.inference_mode()
@@ -221,9 +244,9 @@ def stylize_array(model: Stylizer, rgb: np.ndarray, options: StylizeOptions) -> 
     h, w = rgb.shape[:2]
     net_in = resize(rgb, network_size(w, h, options.max_side, model))
     device = model_device(model)
-    x = to_tensor(net_in[None], device)
+    x = _layout(model, to_tensor(net_in[None], device))
     tile_pixels = get_settings().tile_pixels
-    with _autocast(device):
+    with _autocast(model, device):
         y = stylize_tiled(model, x, tile_pixels) if x.shape[-1] * x.shape[-2] > tile_pixels else model(x)
     out = resize(to_uint8(y)[0], (w, h))
     return blend(out, rgb, options.strength)

@@ -1,0 +1,160 @@
+"""Speed levers for the shipped default model on the CPU, each with its cost in quality (issue #13).
+
+One table, every row the same shipped model (default: models/kanagawa, preset rt_bn, batch norms folded)
+on the same frames, in one run: torch float32 (the reference), channels_last, bf16 autocast (the CPU has
+AVX512-BF16), bf16 + channels_last, torch.compile (inductor), and the onnxruntime float and int8 graphs that
+`--runtime onnx|int8` run. Rows are timed in alternation, round after round, so a load change on this shared
+VM hits them all alike; the best round is reported. Quality: PSNR of each lever's output against the
+float32 reference on real frames, and the style distance to the painting (quality.style_distance) of both.
+Prints a markdown table and writes bench-results/levers.json.
+
+    python benchmarks/bench_levers.py [--model models/kanagawa] [--threads 2] [--frames 8] [--rounds 3]
+        [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipmorph.evaluation import quality
+from clipmorph.model import export
+from clipmorph.model.artifact import load_model, read_info
+from clipmorph.settings import REPO_ROOT, get_settings
+from clipmorph.training.data import find_images, load_rgb, resolve_style_path
+from clipmorph.video.inference import calibration_pictures, prepare, resize
+
+SIZES = [(640, 360), (1280, 720)]
+RESULTS = REPO_ROOT / "bench-results" / "levers.json"
+Run = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torch_lever(model: torch.nn.Module, channels_last: bool, bf16: bool) -> Run:
+    """The model called one way: memory format of input and weights, and CPU autocast to bfloat16."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return model(x).float()
+
+    return run
+
+
+def compiled_lever(model: torch.nn.Module) -> Run:
+    """torch.compile (inductor, C++ codegen on the CPU); dynamic=False compiles once per frame size."""
+    fn = torch.compile(model, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(x)
+
+    return run
+
+
+def onnx_lever(graph: Path, model_dir: Path, threads: int) -> Run:
+    runner = export.OnnxStylizer(graph, read_info(model_dir), threads)
+    return lambda x: runner(x)
+
+
+def fps(run: Run, x: torch.Tensor, frames: int) -> float:
+    start = time.perf_counter()
+    for _ in range(frames):
+        run(x)
+    return frames / (time.perf_counter() - start)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def to_image(y: torch.Tensor) -> np.ndarray:
+    return (y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def real_frames(size: tuple[int, int], count: int) -> list[torch.Tensor]:
+    """Validation photos resized to `size`, as (1, 3, H, W) float tensors."""
+    settings = get_settings()
+    paths = find_images([settings.photos_dir / settings.eval_photos])[:count]
+    pictures = [resize(np.asarray(load_rgb(p)), size) for p in paths]
+    return [torch.from_numpy(p.copy()).permute(2, 0, 1)[None].float() / 255 for p in pictures]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "kanagawa")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--frames", type=int, default=8, help="timed frames per lever, size and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--photos", type=int, default=2, help="real frames for the quality columns")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (its first call compiles)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model, info = load_model(args.model)
+    model = prepare(model, "cpu")
+    painting = resolve_style_path(str(info.style.get("name")), get_settings().style_dirs)
+    vgg = quality.load_project_vgg()
+    with tempfile.TemporaryDirectory() as tmp:
+        levers: dict[str, Run] = {
+            "torch float32": torch_lever(model, False, False),
+            "channels_last": torch_lever(model, True, False),
+            "bf16 autocast": torch_lever(model, False, True),
+            "bf16 + channels_last": torch_lever(model, True, True),
+        }
+        if not args.no_compile:
+            levers["torch.compile"] = compiled_lever(model)
+        float_graph = export.onnx_for(args.model, Path(tmp))
+        levers["onnxruntime float (onnx)"] = onnx_lever(float_graph, args.model, args.threads)
+        int8 = export.int8_for(args.model, Path(tmp), calibration_pictures(get_settings()))
+        levers["onnxruntime int8"] = onnx_lever(int8, args.model, args.threads)
+
+        rows = {name: {"lever": name} for name in levers}
+        for size in SIZES:
+            key = f"{size[0]}x{size[1]}"
+            frames = real_frames(size, args.photos)
+            reference = [to_image(levers["torch float32"](x)) for x in frames]
+            for name, run in levers.items():
+                outs = [to_image(run(x)) for x in frames]  # also the warm-up (and the compile)
+                rows[name][f"psnr_{key}"] = round(min(psnr(o, r) for o, r in zip(outs, reference, strict=True)), 1)
+                style = [quality.style_distance(vgg, o, painting)["style"] for o in outs]
+                rows[name][f"style_{key}"] = round(float(np.mean(style)), 4)
+            x = torch.rand(1, 3, size[1], size[0])
+            for _ in range(args.rounds):  # alternate the levers within each round
+                for name, run in levers.items():
+                    best = max(rows[name].get(f"fps_{key}", 0.0), fps(run, x, args.frames))
+                    rows[name][f"fps_{key}"] = round(best, 2)
+
+    table = list(rows.values())
+    base = table[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": str(args.model), "threads": args.threads, "rows": table}, indent=2))
+    print(f"\nSpeed levers, {args.model.name}, {args.threads} threads, batch 1, best of {args.rounds} rounds;")
+    print(f"PSNR against torch float32 (worst of {args.photos} photos), style distance (mean of them)")
+    print("| lever | 640x360 fps | vs float32 | 1280x720 fps | vs float32 | PSNR dB 640 / 1280 | style 640 / 1280 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in table:
+        print(
+            f"| {r['lever']} | {r['fps_640x360']:.1f} | {r['fps_640x360'] / base['fps_640x360']:.2f}x "
+            f"| {r['fps_1280x720']:.2f} | {r['fps_1280x720'] / base['fps_1280x720']:.2f}x "
+            f"| {r['psnr_640x360']} / {r['psnr_1280x720']} | {r['style_640x360']:.3f} / {r['style_1280x720']:.3f} |"
+        )
+    print(f"wrote {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
