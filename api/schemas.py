@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
+from clipmorph.video.contrast import MAX_CONTRAST
 from clipmorph.video.inference import DEFAULT_STABILIZE
 
 STYLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -53,6 +54,13 @@ class StyleForm(BaseModel):
         "empty = the model's frame side (the size its strokes were learned at).",
     )
     strength: float = Field(1.0, ge=0.0, le=1.0, description="0 = the original, 1 = fully stylized.")
+    contrast: Annotated[float | None, BeforeValidator(_blank_is_none)] = Field(
+        None,
+        ge=0.0,
+        le=MAX_CONTRAST,
+        description="Local contrast given to the network (CLAHE clip limit, 0 = off); "
+        "empty = 2 for images, 0 for videos.",
+    )
 
 
 class JobForm(StyleForm):

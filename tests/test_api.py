@@ -99,7 +99,7 @@ def run_queued_jobs(settings) -> None:
 
 def test_upload_is_queued_with_its_file_and_status(bclient, backend, clip):
     client = bclient
-    r = upload(client, clip.read_bytes(), max_side=32, strength=0.5, stabilize="norm")
+    r = upload(client, clip.read_bytes(), max_side=32, strength=0.5, stabilize="norm", contrast="1.5")
     assert r.status_code == 202, r.text
     body = r.json()
     assert uuid.UUID(body["id"]).version == 4
@@ -112,7 +112,7 @@ def test_upload_is_queued_with_its_file_and_status(bclient, backend, clip):
     job = client.get(body["status_url"]).json()
     assert job["status"] == "queued"
     assert job["style"] == STYLE
-    assert job["options"] == {"max_side": 32, "strength": 0.5, "stabilize": "norm"}
+    assert job["options"] == {"max_side": 32, "strength": 0.5, "stabilize": "norm", "contrast": 1.5}
     assert job["result_url"] is None
     assert client.get(body["result_url"]).status_code == 409
 
@@ -133,6 +133,7 @@ def _bad_uploads(clip_bytes: bytes) -> dict:
         "style that is a path": (clip_bytes, {"style": "../models"}, 422, "style"),
         "missing style": (clip_bytes, {"style": None}, 422, "style"),
         "strength out of range": (clip_bytes, {"strength": "3"}, 422, "strength"),
+        "contrast out of range": (clip_bytes, {"contrast": "20"}, 422, "contrast"),
     }
 
 

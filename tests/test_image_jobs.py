@@ -152,7 +152,7 @@ def test_large_image_is_stylized_by_a_worker_in_tiles_at_full_size(bclient, back
 
     queued = client.get(created["status_url"]).json()
     assert queued["status"] == "queued" and queued["style"] == STYLE and queued["queue_position"] == 0
-    assert queued["options"] == {"max_side": 0, "strength": 1.0, "format": "png"}
+    assert queued["options"] == {"max_side": 0, "strength": 1.0, "contrast": None, "format": "png"}
     assert client.get(created["result_url"]).status_code == 409
     assert stored(serving, created["id"]) == ["input.png"]
 

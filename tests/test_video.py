@@ -17,6 +17,7 @@ import clipmorph.video.pipeline as video_module
 from clipmorph.cli import app
 from clipmorph.model.artifact import ModelInfo, save_model
 from clipmorph.model.network import PRESETS, build
+from clipmorph.video.contrast import TemporalClahe
 from clipmorph.video.flow import warping_error
 from clipmorph.video.inference import StylizeOptions
 from clipmorph.video.pipeline import Progress, StylizeCancelled, batch_size_for, stylize_video
@@ -439,3 +440,33 @@ def test_batches_stay_within_the_pixel_budget_and_big_frames_are_tiled(video_set
     get_settings.cache_clear()
     stylize_video(src, tmp_path / "b.mp4", model, options)
     assert not batches and tiled == [(48, 64, 3)] * 7  # one frame at a time, through the tiler
+
+
+def test_contrast_is_off_for_videos_by_default_and_held_steady_when_asked(
+    video_settings, model, assets, tmp_path, monkeypatch
+):
+    """Default: the network sees the frames as they are. With --contrast the frames are equalised in order by one
+    TemporalClahe (so its mapping carries from frame to frame), and frame count and timing are kept."""
+    src = cut_clip(assets / "videos" / "carphone_pristine.mp4", tmp_path / "car.mp4", 0.4)
+    seen: list[np.ndarray] = []
+    real = video_module.stylize_frames
+
+    def spy(net, frames):
+        seen.extend(frames)
+        return real(net, frames)
+
+    monkeypatch.setattr(video_module, "stylize_frames", spy)
+    outputs = {}
+    for limit in (None, 2.0):
+        seen.clear()
+        out = tmp_path / f"out-{limit}.mp4"
+        stylize_video(src, out, model, StylizeOptions(max_side=0, stabilize="none", contrast=limit))
+        outputs[limit] = list(seen)
+        assert frame_times(out) == frame_times(src)
+    with av.open(str(src)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs[None], frames, strict=True))
+    equalise = TemporalClahe(2.0)
+    expected = [equalise(f) for f in frames]  # one mapping carried through the frames, in order
+    assert all(np.array_equal(a, b) for a, b in zip(outputs[2.0], expected, strict=True))
+    assert not np.array_equal(outputs[2.0][0], outputs[None][0])

@@ -405,7 +405,9 @@ def _stylize_image(job: Job, source: Path, output: Path, style: str, options: di
     job.meta.update(model_name=loaded.name, model_version=loaded.version)
     job.save_meta()
     log.info("job %s: %s with %s v%s", job.id, source.name, loaded.name, loaded.version)
-    stylize_options = StylizeOptions(max_side=options.get("max_side"), strength=options.get("strength", 1.0))
+    stylize_options = StylizeOptions(
+        max_side=options.get("max_side"), strength=options.get("strength", 1.0), contrast=options.get("contrast")
+    )
     width, height = job.meta.get("width") or 0, job.meta.get("height") or 0
     total = image_passes(loaded.model, width, height, stylize_options.max_side, get_settings().tile_pixels)
     model = _CountedPasses(

@@ -51,7 +51,8 @@ def stylize_upload(services: Services, path: Path, form: schemas.ImageForm) -> t
     except ImageError as e:
         log.info("refused image upload: %s", e)
         raise _image_refusal(path, services.settings) from None
-    out = stylize_pil(loaded.model, image, StylizeOptions(max_side=form.max_side, strength=form.strength))
+    options = StylizeOptions(max_side=form.max_side, strength=form.strength, contrast=form.contrast)
+    out = stylize_pil(loaded.model, image, options)
     if form.format == "jpeg" and out.mode != "RGB":
         out = out.convert("RGB")
     buffer = io.BytesIO()
@@ -102,7 +103,7 @@ def queue_image(
     job_id = str(uuid.uuid4())
     staged = services.storage.staging(job_id)  # with the local storage, the job's own folder
     staged.dir.mkdir(parents=True)
-    options = {"max_side": form.max_side, "strength": form.strength, "format": form.format}
+    options = {"max_side": form.max_side, "strength": form.strength, "contrast": form.contrast, "format": form.format}
     stored = False
     try:
         _place(upload, staged.input(_input_suffix(fmt)))

@@ -150,7 +150,12 @@ async def create_job(request: Request, services: ServicesDep) -> schemas.JobCrea
         staged.upload.rename(source)
         info = await run_in_threadpool(probe_upload, source, settings)
         segments = await run_in_threadpool(plan_upload, source, info, settings)
-        options = {"max_side": form.max_side, "strength": form.strength, "stabilize": form.stabilize.value}
+        options = {
+            "max_side": form.max_side,
+            "strength": form.strength,
+            "stabilize": form.stabilize.value,
+            "contrast": form.contrast,
+        }
         await run_in_threadpool(storage.store_input, job_id, staged)
         stored = True
         await run_in_threadpool(

@@ -26,6 +26,7 @@ from clipmorph.model.artifact import CONFIG, ModelInfo, load_model, read_info
 from clipmorph.model.device import resolve_device
 from clipmorph.model.network import Stylizer, fold_batch_norm
 from clipmorph.settings import get_settings
+from clipmorph.video.contrast import IMAGE_CONTRAST, MAX_CONTRAST, VIDEO_CONTRAST, TemporalClahe
 from clipmorph.video.tiling import stylize_tiled
 
 STABILIZE_MODES = ("none", "norm", "flow", "both")
@@ -56,6 +57,14 @@ class StylizeOptions:
     device: str = "auto"
     # Instance-norm smoothing for "norm"/"both"; None: DEFAULT_NORM_SMOOTHING (see `norm_smoothing(info)`).
     norm_smoothing: float | None = None
+    # Local contrast of the network's input: a CLAHE clip limit (clipmorph.video.contrast), 0 = off; None:
+    # IMAGE_CONTRAST for an image, VIDEO_CONTRAST for a video (where it is held steady across frames).
+    contrast: float | None = None
+
+    def contrast_for(self, video: bool) -> float:
+        if self.contrast is not None:
+            return self.contrast
+        return VIDEO_CONTRAST if video else IMAGE_CONTRAST
 
     def __post_init__(self) -> None:
         if self.stabilize not in STABILIZE_MODES:
@@ -68,6 +77,8 @@ class StylizeOptions:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be between 0 and 51, got {self.crf}")
+        if self.contrast is not None and not 0 <= self.contrast <= MAX_CONTRAST:
+            raise ValueError(f"contrast must be between 0 (off) and {MAX_CONTRAST:g}, got {self.contrast}")
 
 
 @dataclass
@@ -195,8 +206,13 @@ def cpu_bf16() -> bool:
     return get_settings().cpu_bf16 and _native_bf16()
 
 
+def _on_torch(model: Stylizer) -> bool:
+    """A torch network (or a wrapper around one, such as the worker's pass counter), not onnxruntime."""
+    return not getattr(model, "onnxruntime", False)
+
+
 def _autocast(model: Stylizer, device: torch.device) -> contextlib.AbstractContextManager:
-    if not isinstance(model, torch.nn.Module):  # onnxruntime: its own precision
+    if not _on_torch(model):
         return contextlib.nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
@@ -207,7 +223,7 @@ def _autocast(model: Stylizer, device: torch.device) -> contextlib.AbstractConte
 
 def _layout(model: Stylizer, x: torch.Tensor) -> torch.Tensor:
     """The input in the memory layout the model runs fastest in (see prepare)."""
-    return x.contiguous(memory_format=torch.channels_last) if isinstance(model, torch.nn.Module) else x
+    return x.contiguous(memory_format=torch.channels_last) if _on_torch(model) else x
 
 
 def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -243,6 +259,9 @@ def stylize_array(model: Stylizer, rgb: np.ndarray, options: StylizeOptions) -> 
     """One HxWx3 uint8 image -> stylized, same size; tiled when it is larger than settings.tile_pixels."""
     h, w = rgb.shape[:2]
     net_in = resize(rgb, network_size(w, h, options.max_side, model))
+    limit = options.contrast_for(video=False)
+    if limit > 0:
+        net_in = TemporalClahe(limit, memory=0.0)(net_in)  # one picture: nothing to hold steady
     device = model_device(model)
     x = _layout(model, to_tensor(net_in[None], device))
     tile_pixels = get_settings().tile_pixels

@@ -36,6 +36,7 @@ import numpy as np
 
 from clipmorph.model.network import Stylizer
 from clipmorph.settings import get_settings
+from clipmorph.video.contrast import TemporalClahe
 from clipmorph.video.inference import (
     DEFAULT_NORM_SMOOTHING,
     StylizeOptions,
@@ -214,13 +215,18 @@ def batch_size_for(size: tuple[int, int], requested: int, batch_pixels: int) -> 
     return max(1, min(requested, batch_pixels // max(1, size[0] * size[1])))
 
 
-# The network input as it is: stylize_array then only tiles (net_in already has the network's size).
-_AS_IS = StylizeOptions(max_side=0)
+# The network input as it is: stylize_array then only tiles (net_in already has the network's size and,
+# when asked for, its contrast).
+_AS_IS = StylizeOptions(max_side=0, contrast=0.0)
 
 
-def _stylized(frames: Iterable[_Frame], model: Stylizer, batch_size: int, batch_pixels: int) -> Iterator[_Frame]:
+def _stylized(
+    frames: Iterable[_Frame], model: Stylizer, batch_size: int, batch_pixels: int, contrast_limit: float = 0.0
+) -> Iterator[_Frame]:
+    # In frame order, so the contrast mapping is held steady from frame to frame (TemporalClahe).
+    equalise = TemporalClahe(contrast_limit) if contrast_limit > 0 else None
     for batch in _batched(frames, batch_size):
-        inputs = [f.net_in for f in batch]
+        inputs = [equalise(f.net_in) if equalise else f.net_in for f in batch]
         if inputs[0].shape[0] * inputs[0].shape[1] > batch_pixels:
             # Over the budget on its own (batch_size is then 1): untiled, the activations of a 4K frame take
             # gigabytes, so it goes in tiles of settings.tile_pixels. The tiles share the frame's norm
@@ -336,7 +342,10 @@ def _run_pipeline(
     if use_flow:
         stages.append(_Stage("motion", lambda: _with_motion(decode), depth, stop))
     upstream = stages[-1]
-    inference = _Stage("inference", lambda: _stylized(upstream, model, batch, settings.batch_pixels), depth, stop)
+    limit = options.contrast_for(video=True)
+    inference = _Stage(
+        "inference", lambda: _stylized(upstream, model, batch, settings.batch_pixels, limit), depth, stop
+    )
     stages.append(inference)
     stabilizer = FlowStabilizer() if use_flow else None
     with open_input(src) as container:
