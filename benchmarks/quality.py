@@ -43,7 +43,7 @@ from clipmorph.settings import REPO_ROOT, get_settings
 from clipmorph.training.contact_sheet import grid
 from clipmorph.training.data import find_images, load_rgb, resolve_style_path
 from clipmorph.video.contrast import TemporalClahe
-from clipmorph.video.inference import StylizeOptions, resize, stylize_array
+from clipmorph.video.inference import StylizeOptions, network_size, resize, stylize_array
 from clipmorph.video.pipeline import stabilize_modes
 
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "tree.avi")
@@ -205,8 +205,15 @@ def ours_renderer(subject: Subject, video: bool) -> Renderer:
     if not video or limit == 0:
         options = StylizeOptions(contrast=limit)
         return lambda rgb: stylize_array(subject.model, rgb, options)
-    equalise, as_is = TemporalClahe(limit), StylizeOptions(contrast=0.0)
-    return lambda rgb: stylize_array(subject.model, equalise(rgb), as_is)
+    # As the video engine: equalised at the network's frame size, then stylized as is and scaled back.
+    equalise, as_is = TemporalClahe(limit), StylizeOptions(max_side=0, contrast=0.0)
+
+    def render(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        net_in = resize(rgb, network_size(w, h, None, subject.model))
+        return resize(stylize_array(subject.model, equalise(net_in), as_is), (w, h))
+
+    return render
 
 
 def stabilised(frames: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
