@@ -1,11 +1,12 @@
 """Speed levers for the shipped default model on the CPU, each with its cost in quality (issue #13).
 
 One table, every row the same shipped model (default: models/kanagawa, preset rt_bn, batch norms folded)
-on the same frames, in one run: torch float32 (the reference), channels_last, bf16 autocast (the CPU has
-AVX512-BF16), bf16 + channels_last, torch.compile (inductor), and the onnxruntime float and int8 graphs that
-`--runtime onnx|int8` run. Rows are timed in alternation, round after round, so a load change on this shared
-VM hits them all alike; the best round is reported. Quality: PSNR of each lever's output against the
-float32 reference on real frames, and the style distance to the painting (quality.style_distance) of both.
+on the same frames, in one run: torch float32 NCHW (the reference), channels_last, bf16 autocast (the CPU
+has AVX512-BF16), bf16 + channels_last (the default here), torch.compile (inductor) alone and with both
+(CLIPMORPH_TORCH_COMPILE), and the onnxruntime float and int8 graphs that `--runtime onnx|int8` run.
+Rows are timed in alternation, round after round, so a load change on this shared VM hits them all alike;
+the best round is reported. Quality: PSNR of each lever's output against the float32 reference on real
+frames, and the style distance to the painting (quality.style_distance) of both.
 Prints a markdown table and writes bench-results/levers.json.
 
     python benchmarks/bench_levers.py [--model models/kanagawa] [--threads 2] [--frames 8] [--rounds 3]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import tempfile
 import time
@@ -37,10 +39,13 @@ RESULTS = REPO_ROOT / "bench-results" / "levers.json"
 Run = Callable[[torch.Tensor], torch.Tensor]
 
 
-def torch_lever(model: torch.nn.Module, channels_last: bool, bf16: bool) -> Run:
-    """The model called one way: memory format of input and weights, and CPU autocast to bfloat16."""
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def torch_lever(model: torch.nn.Module, channels_last: bool, bf16: bool, compiled: bool = False) -> Run:
+    """The model called one way: memory format of input and weights, CPU autocast to bfloat16, and
+    torch.compile (inductor; its first call, the quality pass, compiles)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(model).to(memory_format=layout)  # Module.to changes the weights in place
+    if compiled:
+        model = torch.compile(model, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if channels_last:
@@ -48,17 +53,6 @@ def torch_lever(model: torch.nn.Module, channels_last: bool, bf16: bool) -> Run:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             return model(x).float()
-
-    return run
-
-
-def compiled_lever(model: torch.nn.Module) -> Run:
-    """torch.compile (inductor, C++ codegen on the CPU); dynamic=False compiles once per frame size."""
-    fn = torch.compile(model, dynamic=False)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return fn(x)
 
     return run
 
@@ -116,7 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "bf16 + channels_last": torch_lever(model, True, True),
         }
         if not args.no_compile:
-            levers["torch.compile"] = compiled_lever(model)
+            levers["torch.compile"] = torch_lever(model, False, False, compiled=True)
+            levers["torch.compile + bf16 + channels_last"] = torch_lever(model, True, True, compiled=True)
         float_graph = export.onnx_for(args.model, Path(tmp))
         levers["onnxruntime float (onnx)"] = onnx_lever(float_graph, args.model, args.threads)
         int8 = export.int8_for(args.model, Path(tmp), calibration_pictures(get_settings()))

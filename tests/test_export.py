@@ -136,3 +136,25 @@ def test_auto_runtime_and_cpu_precision_follow_the_cpus_bf16(tmp_path, monkeypat
         get_settings.cache_clear()
     # bf16 is a rounding of the same picture: a few grey levels at most (53 dB PSNR on the shipped model).
     assert np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 2.0
+
+
+def test_torch_compile_is_opt_in_and_gives_the_eager_pictures(tmp_path, monkeypatch) -> None:
+    """CLIPMORPH_TORCH_COMPILE=true compiles torch networks (not instance-norm ones, whose smoothing keeps
+    Python state between frames); the compiled network paints what the eager one does."""
+    folder = bn_model(tmp_path / "m")
+    rgb = np.random.default_rng(2).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    compiled_type = torch._dynamo.eval_frame.OptimizedModule
+    eager = load_stylizer(str(folder), "cpu", runtime="torch").model
+    assert not isinstance(eager, compiled_type)
+    monkeypatch.setenv("CLIPMORPH_TORCH_COMPILE", "true")
+    get_settings.cache_clear()
+    try:
+        compiled = load_stylizer(str(folder), "cpu", runtime="torch").model
+        instance = save_model(build("fast"), ModelInfo(net=PRESETS["fast"]), tmp_path / "fast")
+        assert not isinstance(load_stylizer(str(instance), "cpu", runtime="torch").model, compiled_type)
+        assert isinstance(compiled, compiled_type)
+        options = StylizeOptions(contrast=0)
+        a, b = stylize_array(eager, rgb, options), stylize_array(compiled, rgb, options)
+    finally:
+        get_settings.cache_clear()
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2

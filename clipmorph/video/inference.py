@@ -4,7 +4,7 @@ Frames travel as uint8 RGB arrays (N, H, W, 3); conversion to float, the
 network and the clamp back to uint8 all happen on the model's device so only
 bytes cross the PCIe bus. A torch network runs with channels_last memory, under fp16 autocast on CUDA
 and bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX): on the development machine's 2 Zen 4
-cores that made the shipped model 1.84x faster at 640x360 than fp32 NCHW, at a PSNR of 53 dB against
+cores that made the shipped model 1.8-2.4x faster at 640x360 than fp32 NCHW, at a PSNR of 53 dB against
 it (benchmarks/bench_levers.py, docs/performance.md). onnxruntime models get plain NCHW float32.
 """
 
@@ -136,7 +136,10 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
         runner = export.OnnxStylizer(onnx_path, info)
         return LoadedModel(runner, info, name, version)
     model, info = load_model(path, device="cpu")
-    return LoadedModel(prepare(model, device), info, name, version)
+    model = prepare(model, device)
+    if settings.torch_compile and export.exportable(info):  # instance-norm smoothing keeps Python state
+        model = torch.compile(model)  # shapes: static first, dynamic after the first recompile
+    return LoadedModel(model, info, name, version)
 
 
 def calibration_pictures(settings, count: int = 8) -> list[np.ndarray]:
