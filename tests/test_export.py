@@ -123,14 +123,14 @@ def test_auto_runtime_and_cpu_precision_follow_the_cpus_bf16(tmp_path, monkeypat
     conv = next(m for m in torch_model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with inference._autocast(torch_model, torch.device("cpu")) as mode:
-        assert torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16, mode
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16, mode
     bf16 = stylize_array(torch_model, rgb, StylizeOptions())
     monkeypatch.setenv("CLIPMORPH_CPU_BF16", "false")
     get_settings.cache_clear()
     try:
         assert not inference.cpu_bf16()
         with inference._autocast(torch_model, torch.device("cpu")):
-            assert not torch.is_autocast_cpu_enabled()
+            assert not torch.is_autocast_enabled("cpu")
         fp32 = stylize_array(torch_model, rgb, StylizeOptions())
     finally:
         get_settings.cache_clear()
