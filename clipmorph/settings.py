@@ -146,9 +146,9 @@ class Settings(BaseSettings):
         "or exact (yuv444p at the exact size; many players refuse it).",
     )
     champion_alias: str = "champion"
-    # "auto": onnxruntime for models it can run (no instance norm) on the CPU, torch otherwise and on CUDA;
-    # the faster of the two on CPU in `make bench` (docs/performance.md). "int8": onnxruntime with int8
-    # convolutions, about 1.4x "onnx" here, for a few % more flicker (docs/performance.md), so opt-in.
+    # "auto": torch on CUDA and on a CPU with native bf16 (bf16 + channels_last, the faster in `make bench`
+    # here), else onnxruntime for the models it can run (no instance norm), else torch (docs/performance.md).
+    # "int8": onnxruntime with int8 convolutions, about 1.4x "onnx" here, for a few % more flicker, so opt-in.
     runtime: Literal["auto", "torch", "onnx", "int8"] = Field(
         "auto", description="Inference runtime: auto, torch, onnx, int8."
     )
