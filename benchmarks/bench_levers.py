@@ -3,7 +3,9 @@
 One table, every row the same shipped model (default: models/kanagawa, preset rt_bn, batch norms folded)
 on the same frames, in one run: torch float32 NCHW (the reference), channels_last, bf16 autocast (the CPU
 has AVX512-BF16), bf16 + channels_last (the default here), torch.compile (inductor) alone and with both
-(CLIPMORPH_TORCH_COMPILE), and the onnxruntime float and int8 graphs that `--runtime onnx|int8` run.
+(CLIPMORPH_TORCH_COMPILE), the same built ahead of time with dynamic shapes (AOTInductor, what
+`clipmorph compile` builds and `auto` runs), and the onnxruntime float and int8 graphs that
+`--runtime onnx|int8` run. Each is timed at batch 1 and at the pipeline's batch (4).
 Rows are timed in alternation, round after round, so a load change on this shared VM hits them all alike;
 the best round is reported. Quality: PSNR of each lever's output against the float32 reference on real
 frames, and the style distance to the painting (quality.style_distance) of both.
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from clipmorph.evaluation import quality
-from clipmorph.model import export
+from clipmorph.model import compiled, export
 from clipmorph.model.artifact import load_model, read_info
 from clipmorph.settings import REPO_ROOT, get_settings
 from clipmorph.training.data import find_images, load_rgb, resolve_style_path
@@ -36,6 +38,7 @@ from clipmorph.video.inference import calibration_pictures, prepare, resize
 
 SIZES = [(640, 360), (1280, 720)]
 RESULTS = REPO_ROOT / "bench-results" / "levers.json"
+BATCH = 4  # frames per network call in the video pipeline (StylizeOptions.batch_size)
 Run = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not args.no_compile:
             levers["torch.compile"] = torch_lever(model, False, False, compiled=True)
             levers["torch.compile + bf16 + channels_last"] = torch_lever(model, True, True, compiled=True)
+            # Built into the var folder's cache like `clipmorph compile` (about 30 s the first time).
+            package = compiled.compiled_for(args.model, get_settings().var_dir / "compiled", bf16=True)
+            levers["AOTInductor + bf16 + channels_last (compiled)"] = lambda x: package(x)
         float_graph = export.onnx_for(args.model, Path(tmp))
         levers["onnxruntime float (onnx)"] = onnx_lever(float_graph, args.model, args.threads)
         int8 = export.int8_for(args.model, Path(tmp), calibration_pictures(get_settings()))
@@ -127,24 +133,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows[name][f"psnr_{key}"] = round(min(psnr(o, r) for o, r in zip(outs, reference, strict=True)), 1)
                 style = [quality.style_distance(vgg, o, painting)["style"] for o in outs]
                 rows[name][f"style_{key}"] = round(float(np.mean(style)), 4)
-            x = torch.rand(1, 3, size[1], size[0])
-            for _ in range(args.rounds):  # alternate the levers within each round
-                for name, run in levers.items():
-                    best = max(rows[name].get(f"fps_{key}", 0.0), fps(run, x, args.frames))
-                    rows[name][f"fps_{key}"] = round(best, 2)
+            for batch, suffix in ((1, ""), (BATCH, f"_b{BATCH}")):
+                x = torch.rand(batch, 3, size[1], size[0])
+                for _ in range(args.rounds):  # alternate the levers within each round
+                    for name, run in levers.items():
+                        best = max(rows[name].get(f"fps_{key}{suffix}", 0.0), batch * fps(run, x, args.frames // batch))
+                        rows[name][f"fps_{key}{suffix}"] = round(best, 2)
 
     table = list(rows.values())
     base = table[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "threads": args.threads, "rows": table}, indent=2))
-    print(f"\nSpeed levers, {args.model.name}, {args.threads} threads, batch 1, best of {args.rounds} rounds;")
+    print(f"\nSpeed levers, {args.model.name}, {args.threads} threads, best of {args.rounds} rounds;")
     print(f"PSNR against torch float32 (worst of {args.photos} photos), style distance (mean of them)")
-    print("| lever | 640x360 fps | vs float32 | 1280x720 fps | vs float32 | PSNR dB 640 / 1280 | style 640 / 1280 |")
+    print(
+        f"| lever | 640x360 fps, batch 1 / {BATCH} | vs float32 | 1280x720 fps, batch 1 / {BATCH} | vs float32 "
+        "| PSNR dB 640 / 1280 | style 640 / 1280 |"
+    )
     print("|---|---|---|---|---|---|---|")
+
+    def cells(key: str) -> str:  # "fps batch 1 / batch 4 | ratios to float32"
+        b1, b4 = r[key], r[f"{key}_b{BATCH}"]
+        return f"{b1:.1f} / {b4:.1f} | {b1 / base[key]:.2f}x / {b4 / base[f'{key}_b{BATCH}']:.2f}x"
+
     for r in table:
         print(
-            f"| {r['lever']} | {r['fps_640x360']:.1f} | {r['fps_640x360'] / base['fps_640x360']:.2f}x "
-            f"| {r['fps_1280x720']:.2f} | {r['fps_1280x720'] / base['fps_1280x720']:.2f}x "
+            f"| {r['lever']} | {cells('fps_640x360')} | {cells('fps_1280x720')} "
             f"| {r['psnr_640x360']} / {r['psnr_1280x720']} | {r['style_640x360']:.3f} / {r['style_1280x720']:.3f} |"
         )
     print(f"wrote {args.out}")

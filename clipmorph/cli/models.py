@@ -172,3 +172,42 @@ def export_model(
     except (ValueError, registry.ModelNotFoundError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"{path}: input 'frames' (N, 3, H, W) in [0, 1], H and W multiples of the network's stride")
+
+
+@app.command("compile")
+def compile_models(
+    models: list[str] = typer.Argument(
+        None, help="Model folders or registry refs (kandinsky, kandinsky/3). Default: every built-in model."
+    ),
+) -> None:
+    """Build models ahead of time for this CPU (AOTInductor), once: the `auto` runtime then runs them
+    1.5-1.7x faster than eager torch, with no start-up cost. About 30 s per model; a no-op when built."""
+    from clipmorph import registry
+    from clipmorph.model import compiled
+    from clipmorph.settings import get_settings
+    from clipmorph.video.inference import cpu_bf16
+
+    settings = get_settings()
+    cache = settings.var_dir / "compiled"
+    try:
+        folders = {ref: registry.resolve(ref).path for ref in models} if models else registry.builtin_model_dirs()
+    except (registry.ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    for ref, folder in folders.items():
+        if compiled.cached_package(folder, cache, cpu_bf16()):
+            typer.echo(f"{ref}: already built")
+            continue
+        typer.echo(f"{ref}: compiling (about 30 s) ...")
+        start = time.perf_counter()
+        try:
+            package = compiled.compile_package(folder, cache, cpu_bf16())
+        except ValueError as e:  # a model the compiler can't take (instance norm)
+            typer.echo(f"{ref}: skipped: {e}", err=True)
+            continue
+        except Exception as e:  # the toolchain: no C++ compiler, an unsupported CPU
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            raise fail(
+                f"{ref}: could not build it here ({type(e).__name__}: {first_line}); "
+                "models keep running on eager torch. Building needs a C++ compiler (g++)."
+            ) from None
+        typer.echo(f"{ref}: built in {time.perf_counter() - start:.0f} s, {package}")

@@ -130,7 +130,7 @@ class OnnxStylizer(NoNormState):
     """A model run by onnxruntime on the CPU, callable like a prepared Stylizer on (N, 3, H, W) in [0, 1]."""
 
     device = torch.device("cpu")
-    onnxruntime = True  # its own precision and memory layout (clipmorph.video.inference leaves them alone)
+    graph_runtime = True  # its own precision and memory layout (clipmorph.video.inference leaves them alone)
 
     def __init__(self, onnx_path: Path, info: ModelInfo, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -21,7 +21,7 @@ import PIL.Image
 import torch
 from PIL import ImageOps
 
-from clipmorph.model import export
+from clipmorph.model import compiled, export
 from clipmorph.model.artifact import CONFIG, ModelInfo, load_model, read_info
 from clipmorph.model.device import resolve_device
 from clipmorph.model.network import Stylizer, fold_batch_norm
@@ -40,6 +40,9 @@ DEFAULT_NORM_SMOOTHING = 0.9
 
 class ImageError(ValueError):
     """The input image cannot be stylized (unreadable, unsupported format, too large)."""
+
+
+RUNTIMES = ("auto", "torch", "onnx", "int8", "compiled")
 
 
 @dataclass
@@ -105,13 +108,15 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     """Resolve a registry reference (or a folder) and load the model ready for inference.
 
     runtime (default: settings.runtime): "torch", "onnx" (onnxruntime on the CPU, for models without
-    instance norm), "int8" (the same, quantised; calibrated once on the validation photos) or "auto"
-    (torch on a CPU with native bf16 and on CUDA, else onnx where it can run, else torch).
+    instance norm), "int8" (the same, quantised; calibrated once on the validation photos), "compiled"
+    (the torch network built ahead of time for this CPU, clipmorph.model.compiled; builds it first if
+    needed, about 30 s) or "auto": compiled where this machine has the build already, else torch on a
+    CPU with native bf16 and on CUDA, else onnx where it can run, else torch.
     """
     settings = get_settings()
     runtime = runtime or settings.runtime
-    if runtime not in ("auto", "torch", "onnx", "int8"):
-        raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch, onnx or int8")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}")
     if (Path(ref) / CONFIG).exists():  # a model folder: no registry
         path, name, version = Path(ref), None, None
     else:
@@ -121,13 +126,18 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
         path, name, version = resolved.path, resolved.name, resolved.version
     info = read_info(path)  # enough to choose the runtime; the torch weights load only if used
     on_cpu = resolve_device(device).type == "cpu"
-    if runtime in ("onnx", "int8") and not (on_cpu and export.exportable(info)):
+    if runtime in ("onnx", "int8", "compiled") and not (on_cpu and export.exportable(info)):
         raise ValueError(
             f"the {runtime} runtime runs on the CPU only, for models without instance norm; use --runtime torch"
         )
     if runtime == "int8":
         int8_path = export.int8_for(path, settings.var_dir / "onnx", calibration_pictures(settings))
         return LoadedModel(export.OnnxStylizer(int8_path, info), info, name, version)
+    compiled_dir = settings.var_dir / "compiled"
+    built = on_cpu and export.exportable(info) and compiled.cached_package(path, compiled_dir, cpu_bf16())
+    if runtime == "compiled" or (runtime == "auto" and built):
+        # 1.5-1.7x eager bf16 + channels_last here (docs/performance.md, "AOTInductor")
+        return LoadedModel(compiled.compiled_for(path, compiled_dir, cpu_bf16()), info, name, version)
     # auto: torch where the CPU does bf16 natively (bf16 + channels_last beat onnxruntime's float graph,
     # 22 against 17 frames/s for the whole `clipmorph stylize` of bikes.mp4 here), onnxruntime elsewhere
     # on the CPU for the models it can run (docs/performance.md, "Speed levers").
@@ -210,8 +220,9 @@ def cpu_bf16() -> bool:
 
 
 def _on_torch(model: Stylizer) -> bool:
-    """A torch network (or a wrapper around one, such as the worker's pass counter), not onnxruntime."""
-    return not getattr(model, "onnxruntime", False)
+    """A torch network (or a wrapper around one, such as the worker's pass counter), not a built graph
+    (onnxruntime, or an AOTInductor package) that handles its own precision and memory layout."""
+    return not getattr(model, "graph_runtime", False)
 
 
 def _autocast(model: Stylizer, device: torch.device) -> contextlib.AbstractContextManager:
