@@ -24,8 +24,9 @@ def stylize(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     runtime: str | None = typer.Option(
         None,
-        help="torch | onnx | int8 | auto (default: settings.runtime; auto: torch in bf16 on a CPU that has it, "
-        "else onnxruntime on the CPU where it can).",
+        help="torch | onnx | int8 | compiled | auto (default: settings.runtime; auto: the model's build for this "
+        "CPU when `clipmorph compile` has made it, else torch in bf16 on a CPU that has it, else onnxruntime on "
+        "the CPU where it can).",
     ),
     contrast: float | None = typer.Option(
         None,
