@@ -98,3 +98,22 @@ def test_balanced_style_loss_is_the_squared_relative_distance_per_layer():
     assert torch.isclose(losses.style_loss(out, target), torch.tensor(0.005**2 + 0.1**2))  # ~all "b"
     balanced = losses.style_loss(out, target, balanced=True)
     assert torch.isclose(balanced, torch.tensor(0.5**2 + 0.1**2))
+
+
+def test_sliced_wasserstein_sees_the_spread_that_a_gram_misses():
+    """Zero for the painting's own features in any order; a washed-out copy (every value pulled halfway to
+    the mean) is far from it, although a Gram would need only a rescaling to come close."""
+    torch.manual_seed(0)
+    painting = torch.rand(3, 4096) ** 2  # a skewed, wide spread of colours
+    projections = losses.random_projections(3, 8, torch.device("cpu"))
+    shuffled = painting[:, torch.randperm(4096)].reshape(1, 3, 64, 64)
+    assert losses.sliced_wasserstein(shuffled, painting, projections).item() < 1e-6
+    mean = painting.mean(dim=1, keepdim=True)
+    washed = (mean + 0.5 * (painting - mean))[:, torch.randperm(4096)].reshape(1, 3, 64, 64)
+    far = losses.sliced_wasserstein(washed, painting, projections).item()
+    assert far > 100 * losses.sliced_wasserstein(shuffled, painting, projections).item() and far > 1e-3
+    # Fewer positions than the painting has (a smaller crop): compared at the same quantiles.
+    half = painting[:, ::4].reshape(1, 3, 32, 32)
+    assert losses.sliced_wasserstein(half, painting, projections).item() < 0.05 * far
+    directions = losses.random_projections(64, 16, torch.device("cpu"))
+    assert directions.shape == (64, 16) and torch.allclose(directions.norm(dim=0), torch.ones(16))

@@ -80,3 +80,23 @@ def test_perceptual_losses_are_float32_under_bfloat16_autocast(vgg, one_torch_th
     assert {g.dtype for g in grams.values()} == {torch.float32}  # the bmm alone gives bfloat16 here
     assert {v.dtype for v in found.values()} == {torch.float32}
     assert found["style"].item() > 0
+
+
+def test_the_distribution_term_is_near_zero_on_the_painting_and_large_on_a_washed_out_copy(vgg, one_torch_thread):
+    """feature_targets + perceptual_losses(feature_target=...): the sliced Wasserstein term of training."""
+    spec = painting("kandinsky")
+    layers = ("rgb", "relu1_1", "relu3_1")
+    targets = objective.feature_targets(vgg, [spec], 64, layers, CPU)
+    assert set(targets) == set(layers) and targets["rgb"].shape[0] == 3 and targets["relu3_1"].shape[0] == 256
+    x = load_style_tensor(spec.path, 64)
+    grams = objective.style_targets(vgg, [spec], 64, LAYERS, SCALES, CPU)
+    content = objective.content_target(vgg, x, "relu2_2")
+
+    def distribution(img: torch.Tensor) -> float:
+        found = objective.perceptual_losses(vgg, img, content, grams, "relu2_2", LAYERS, SCALES, feature_target=targets)
+        return found["distribution"].item()
+
+    own = distribution(x)
+    washed = distribution(0.5 * x + 0.5 * x.mean())
+    assert own < 0.02 and washed > 10 * own
+    assert "distribution" not in objective.perceptual_losses(vgg, x, content, grams, "relu2_2", LAYERS, SCALES)

@@ -21,6 +21,27 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
+def sliced_wasserstein(features: torch.Tensor, target: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """Sliced Wasserstein distance (Heitz et al. 2021) of each image's feature distribution to the painting's.
+
+    features (N, C, H, W); target (C, M), the painting's features at every position; projections (C, K),
+    unit directions. Along each direction, the sorted values of an image are compared with the painting's
+    sorted values at the same quantiles. A Gram matrix keeps only second moments, so an output can match
+    it with a narrow, greyish spread of colours and strokes; the whole distribution can't be matched that way.
+    """
+    n, c, h, w = features.shape
+    ours = (features.reshape(n, c, h * w).transpose(1, 2) @ projections).sort(dim=1).values  # (N, HW, K)
+    theirs = (target.t() @ projections).sort(dim=0).values  # (M, K)
+    quantiles = torch.linspace(0, theirs.shape[0] - 1, h * w, device=theirs.device).round().long()
+    return F.mse_loss(ours, theirs[quantiles].unsqueeze(0).expand_as(ours))
+
+
+def random_projections(channels: int, count: int, device: torch.device) -> torch.Tensor:
+    """(channels, count) random unit directions, new at every step."""
+    directions = torch.randn(channels, count, device=device)
+    return directions / directions.norm(dim=0, keepdim=True)
+
+
 def content_loss(output_feat: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output_feat, content_feat)
 

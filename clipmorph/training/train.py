@@ -66,6 +66,10 @@ class TrainConfig:
     # Each style layer's Gram error relative to the painting's (losses.style_loss); the weight for that
     # is about 1e-3 of the unbalanced one.
     style_balanced: bool = False
+    # Sliced Wasserstein distance of the output's pixels and VGG features to the painting's (losses.
+    # sliced_wasserstein): the whole distribution of colours and strokes, not just its Gram. 0: off.
+    distribution_weight: float = 0.0
+    distribution_layers: tuple[str, ...] = ("rgb", "relu1_1", "relu2_1", "relu3_1")
     tv_weight: float = 10.0
     # Dense small noise on a moved copy (losses.temporal_noise_loss), at a weight where the term counts:
     # against strokes made of amplified noise, which flicker (docs/training.md, third round).
@@ -253,6 +257,10 @@ def _train(cfg: TrainConfig, ranks: Ranks, on_step: Callable[[TrainStep], None] 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     style_grams, style_desc = style_targets(cfg, vgg, device)
+    style_features = None
+    if cfg.distribution_weight > 0:
+        images = parse_style_spec(cfg.style, get_settings().style_dirs)
+        style_features = objective.feature_targets(vgg, images, cfg.style_size, cfg.distribution_layers, device)
     val_batch = validation_batch(cfg, val_paths).to(device)
 
     # Every rank loads the checkpoint (one machine: the run folder is shared), before DDP wraps the model.
@@ -285,7 +293,7 @@ def _train(cfg: TrainConfig, ranks: Ranks, on_step: Callable[[TrainStep], None] 
                 x = x.to(memory_format=torch.channels_last)
             torch.manual_seed(step_seed(cfg.seed, step, STREAM_LOSSES))  # the temporal loss's shift and noise
             with autocast:
-                weighted = loss_terms(net, vgg, x, cfg, style_grams)
+                weighted = loss_terms(net, vgg, x, cfg, style_grams, style_features)
                 total = sum(weighted.values())
             optimizer.zero_grad(set_to_none=True)
             for group in optimizer.param_groups:
@@ -350,7 +358,12 @@ def _train(cfg: TrainConfig, ranks: Ranks, on_step: Callable[[TrainStep], None] 
 
 
 def loss_terms(
-    model: nn.Module, vgg, x: torch.Tensor, cfg: TrainConfig, style_grams: dict[str, torch.Tensor]
+    model: nn.Module,
+    vgg,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    style_grams: dict[str, torch.Tensor],
+    style_features: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted loss terms for one batch: content, multi-scale style, TV, noise-temporal.
 
@@ -361,13 +374,15 @@ def loss_terms(
     y = model(x)
     perceptual = objective.perceptual_losses(
         vgg, y, objective.content_target(vgg, x, cfg.content_layer), style_grams,
-        cfg.content_layer, cfg.style_layers, cfg.style_scales, cfg.style_balanced,
+        cfg.content_layer, cfg.style_layers, cfg.style_scales, cfg.style_balanced, style_features,
     )  # fmt: skip
     terms = {
         "content": cfg.content_weight * perceptual["content"],
         "style": cfg.style_weight * perceptual["style"],
         "tv": cfg.tv_weight * losses.tv_loss(y.float()),
     }
+    if "distribution" in perceptual:
+        terms["distribution"] = cfg.distribution_weight * perceptual["distribution"]
     if cfg.structure_weight > 0:
         terms["structure"] = cfg.structure_weight * losses.structure_loss(y.float(), x.float(), cfg.structure_cell)
     if cfg.temporal_weight > 0:
