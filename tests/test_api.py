@@ -590,16 +590,18 @@ def test_a_stale_partial_is_removed_when_the_job_runs_again(bclient, backend, cl
 def test_the_sweep_deletes_expired_jobs_but_not_running_ones(bclient, backend, clip):
     """A worker's maintenance pass: jobs untouched for the TTL go, whatever the storage; a running one stays."""
     old, running = (upload(bclient, clip.read_bytes()).json()["id"] for _ in range(2))
-    worker = build_worker(backend.model_copy(update={"job_ttl_seconds": 2}))
+    # A TTL of 2 s once swept the fresh job too on a loaded machine: S3 truncates modification times to the
+    # second, and the upload and the sweep took the rest. 5 s leaves the fresh job 3 s of margin.
+    worker = build_worker(backend.model_copy(update={"job_ttl_seconds": 5}))
     worker.register_birth()
     job = queue_of(backend).fetch_job(running)
     worker.prepare_execution(job)  # what a worker does right before running a job: it is in the started registry
     worker.prepare_job_execution(job)
-    time.sleep(3.1)  # past the TTL (S3 keeps modification times to the second)
+    time.sleep(6.1)  # past the TTL (S3 keeps modification times to the second)
     fresh = upload(bclient, clip.read_bytes()).json()["id"]
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("CLIPMORPH_JOB_TTL_SECONDS", "2")
+            mp.setenv("CLIPMORPH_JOB_TTL_SECONDS", "5")
             get_settings.cache_clear()
             worker.run_maintenance_tasks()
     finally:
