@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             levers["torch.compile + bf16 + channels_last"] = torch_lever(model, True, True, compiled=True)
             # Built into the var folder's cache like `clipmorph compile` (about 30 s the first time).
             package = compiled.compiled_for(args.model, get_settings().var_dir / "compiled", bf16=True)
-            levers["AOTInductor + bf16 + channels_last (compiled)"] = lambda x: package(x)
+            levers["AOTInductor + bf16 + channels_last (compiled)"] = package
         float_graph = export.onnx_for(args.model, Path(tmp))
         levers["onnxruntime float (onnx)"] = onnx_lever(float_graph, args.model, args.threads)
         int8 = export.int8_for(args.model, Path(tmp), calibration_pictures(get_settings()))
@@ -152,13 +152,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     print("|---|---|---|---|---|---|---|")
 
-    def cells(key: str) -> str:  # "fps batch 1 / batch 4 | ratios to float32"
+    def cells(r: dict, key: str) -> str:  # "fps batch 1 / batch 4 | ratios to float32"
         b1, b4 = r[key], r[f"{key}_b{BATCH}"]
         return f"{b1:.1f} / {b4:.1f} | {b1 / base[key]:.2f}x / {b4 / base[f'{key}_b{BATCH}']:.2f}x"
 
     for r in table:
         print(
-            f"| {r['lever']} | {cells('fps_640x360')} | {cells('fps_1280x720')} "
+            f"| {r['lever']} | {cells(r, 'fps_640x360')} | {cells(r, 'fps_1280x720')} "
             f"| {r['psnr_640x360']} / {r['psnr_1280x720']} | {r['style_640x360']:.3f} / {r['style_1280x720']:.3f} |"
         )
     print(f"wrote {args.out}")

@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         "or exact (yuv444p at the exact size; many players refuse it).",
     )
     champion_alias: str = "champion"
-    # "auto": on the CPU, the model's ahead-of-time build when this machine has one (`clipmorph models compile`,
+    # "auto": on the CPU, the model's ahead-of-time build when this machine has one (`clipmorph compile`,
     # the fastest in `make bench` here); else torch on CUDA and on a CPU with native bf16 (bf16 + channels_last),
     # else onnxruntime for the models it can run (no instance norm), else torch (docs/performance.md).
     # "compiled": that build, made first if missing (~30 s per model, once).

@@ -6,7 +6,7 @@ process (10-33 s), which a CLI run or a worker restart pays again. AOTInductor d
 dynamic batch, height and width, and writes a package that later processes load in milliseconds.
 
 The package is a cache derived from the model's safetensors, never a model format of its own: it is
-built here, by `clipmorph models compile` or `--runtime compiled`, into the var folder, under a name
+built here, by `clipmorph compile` or `--runtime compiled`, into the var folder, under a name
 that holds the weights' hash, the torch version, the CPU's vector instruction set and the precision, so a
 new torch, another CPU or retrained weights never load a stale build. Nothing uploaded is ever loaded
 as a package. Building needs a C++ compiler (g++), as torch.compile does.
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from clipmorph.model.artifact import WEIGHTS, ModelInfo, load_model, read_info, sha256_file
-from clipmorph.model.export import NoNormState, exportable
-from clipmorph.model.network import fold_batch_norm, pad_to_multiple
+from clipmorph.model.export import GraphStylizer, exportable
+from clipmorph.model.network import fold_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ def cached_package(model_dir: Path, cache_dir: Path, bf16: bool) -> Path | None:
 
 
 def compile_package(model_dir: Path, cache_dir: Path, bf16: bool) -> Path:
-    """Build (or find) the model's package in cache_dir; about 30 s on 2 cores for a shipped model."""
+    """Build the model's package into cache_dir (over any earlier one); about 30 s on 2 cores for a shipped model."""
     out = Path(cache_dir) / package_name(model_dir, bf16)
-    if out.exists():
-        return out
     model, info = load_model(Path(model_dir), device="cpu")
     if not exportable(info):
         raise ValueError(f"preset with {info.net.norm!r} norm can't be compiled ahead of time; use --runtime torch")
@@ -93,31 +91,27 @@ def compile_package(model_dir: Path, cache_dir: Path, bf16: bool) -> Path:
     return out
 
 
-class CompiledStylizer(NoNormState):
-    """A compiled package, callable like a prepared Stylizer on (N, 3, H, W) float in [0, 1]."""
-
-    device = torch.device("cpu")
-    graph_runtime = True  # its own precision and memory layout (clipmorph.video.inference leaves them alone)
+class CompiledStylizer(GraphStylizer):
+    """A model run from its compiled package on the CPU."""
 
     def __init__(self, package: Path, info: ModelInfo) -> None:
+        super().__init__(info)
         # The package loader itself, not torch._inductor.aoti_load_package: importing the compiler (and
         # dynamo) for that costs a second of every start-up, and loading needs neither.
         self.runner = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
-        self.config = info.net
-        self.frame_side = info.recommended.get("frame_side")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if max(h, w) > MAX_SIDE or x.shape[0] > MAX_BATCH:
+    def _run(self, padded: torch.Tensor) -> torch.Tensor:
+        if max(padded.shape[-2:]) > MAX_SIDE or padded.shape[0] > MAX_BATCH:
             raise ValueError(f"the compiled runtime takes frames up to {MAX_SIDE} px and {MAX_BATCH} per batch")
-        padded = pad_to_multiple(x.float().cpu(), self.config.stride).contiguous()
         (y,) = self.runner.run([padded])
-        return y[..., :h, :w]
+        return y
 
 
-def compiled_for(model_dir: Path, cache_dir: Path, bf16: bool) -> CompiledStylizer:
-    """The model's compiled runner, built first if this machine has none yet."""
-    if cached_package(model_dir, cache_dir, bf16) is None:
+def compiled_for(model_dir: Path, cache_dir: Path, bf16: bool, package: Path | None = None) -> CompiledStylizer:
+    """The model's compiled runner from `package` (cached_package's answer, when the caller has it), else
+    from this machine's build, made first if there is none yet."""
+    package = package or cached_package(model_dir, cache_dir, bf16)
+    if package is None:
         log.warning("compiling %s for this CPU, once (about 30 s; later runs load it at once)", model_dir)
-    package = compile_package(model_dir, cache_dir, bf16)
+        package = compile_package(model_dir, cache_dir, bf16)
     return CompiledStylizer(package, read_info(Path(model_dir)))

@@ -2,7 +2,7 @@
 
 The exported graph is `Stylizer.body` with batch norms folded: an input whose height and width are
 multiples of the network's stride, both dynamic. Padding to that multiple and cropping back happen
-around it, in `OnnxStylizer.__call__`, so the graph has no size-dependent branch and one file serves
+around it, in `GraphStylizer.__call__`, so the graph has no size-dependent branch and one file serves
 every frame size.
 """
 
@@ -126,15 +126,33 @@ class NoNormState:
         pass
 
 
-class OnnxStylizer(NoNormState):
-    """A model run by onnxruntime on the CPU, callable like a prepared Stylizer on (N, 3, H, W) in [0, 1]."""
+class GraphStylizer(NoNormState):
+    """A built graph of the network body (onnxruntime, an AOTInductor package) on the CPU, callable like a
+    prepared Stylizer on (N, 3, H, W) in [0, 1]: it pads to the stride and crops back around `_run`."""
 
     device = torch.device("cpu")
     graph_runtime = True  # its own precision and memory layout (clipmorph.video.inference leaves them alone)
 
+    def __init__(self, info: ModelInfo) -> None:
+        self.config = info.net
+        self.frame_side = info.recommended.get("frame_side")
+
+    def _run(self, padded: torch.Tensor) -> torch.Tensor:
+        """The graph on float32 NCHW frames whose sides are multiples of the stride."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self._run(pad_to_multiple(x.float().cpu(), self.config.stride).contiguous())[..., :h, :w]
+
+
+class OnnxStylizer(GraphStylizer):
+    """A model run by onnxruntime on the CPU."""
+
     def __init__(self, onnx_path: Path, info: ModelInfo, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        super().__init__(info)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -143,14 +161,10 @@ class OnnxStylizer(NoNormState):
         # per frame, which decode, flow and encode use in a whole run (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.config = info.net
-        self.frame_side = info.recommended.get("frame_side")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        padded = pad_to_multiple(x.float().cpu(), self.config.stride)
-        (y,) = self.session.run(None, {"frames": np.ascontiguousarray(padded.numpy())})
-        return torch.from_numpy(y)[..., :h, :w]
+    def _run(self, padded: torch.Tensor) -> torch.Tensor:
+        (y,) = self.session.run(None, {"frames": padded.numpy()})
+        return torch.from_numpy(y)
 
 
 def onnx_for(model_dir: Path, cache_dir: Path) -> Path:

@@ -20,6 +20,12 @@ from clipmorph.training.data import StyleImage, load_style_tensor
 # Random directions per layer and step for the sliced Wasserstein term: as many as relu3_1 has channels made
 # a training step 2.4x slower (5 s against 2.1 here); fresh directions every step cover the rest over time.
 PROJECTIONS = 32
+# The "layer" of the sliced Wasserstein term that is the picture itself (its colours), not a VGG activation.
+PIXELS = "rgb"
+
+
+def _vgg_layers(layers: Sequence[str]) -> list[str]:
+    return [layer for layer in layers if layer != PIXELS]
 
 
 def style_targets(
@@ -51,14 +57,14 @@ def feature_targets(
     device: torch.device,
     most: int = 16384,
 ) -> dict[str, torch.Tensor]:
-    """The paintings' features at every position, (C, M) per layer ("rgb": the pixels themselves), for the
+    """The paintings' features at every position, (C, M) per layer (PIXELS: the pixels themselves), for the
     sliced Wasserstein term; each painting contributes positions in proportion to its weight, at most `most`."""
     parts: dict[str, list[torch.Tensor]] = {}
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for item in images:
             img = load_style_tensor(item.path, side).to(device)
-            feats = vgg(img, [layer for layer in layers if layer != "rgb"]) | {"rgb": img}
+            feats = vgg(img, _vgg_layers(layers)) | {PIXELS: img}
             for layer in layers:
                 f = feats[layer].float().flatten(2)[0]  # (C, HW)
                 keep = max(1, min(f.shape[1], round(most * item.weight)))
@@ -90,14 +96,14 @@ def perceptual_losses(
     One VGG pass of y at full size serves the content term and the scale-1 Grams. Both losses are
     float32 also when the VGG runs in bfloat16 under autocast.
     """
-    feats = vgg(y, sorted({content_layer, *style_layers, *[k for k in feature_target or {} if k != "rgb"]}))
+    feats = vgg(y, sorted({content_layer, *style_layers, *_vgg_layers(list(feature_target or {}))}))
     grams = losses.multiscale_grams(vgg, y, style_layers, style_scales, full=feats)
     terms = {
         "content": losses.content_loss(feats[content_layer].float(), content_feat.float()),
         "style": losses.style_loss(grams, style_target, balanced),
     }
     if feature_target:  # the sliced Wasserstein term, on the same VGG pass
-        feats = feats | {"rgb": y}
+        feats = feats | {PIXELS: y}
         # Each layer relative to the painting's own spread there: raw, relu3_1 would count ~1000x the pixels.
         terms["distribution"] = sum(
             losses.sliced_wasserstein(

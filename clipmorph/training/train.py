@@ -120,12 +120,18 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, cfg.iters) / cfg.iters))
 
 
-def style_targets(cfg: TrainConfig, vgg, device) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Weighted mean of each style image's multi-scale Gram matrices, and the images as config.json records them."""
+def style_targets(
+    cfg: TrainConfig, vgg, device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, list[dict]]:
+    """Weighted mean of each style image's multi-scale Gram matrices; with distribution_weight, their features
+    for the sliced Wasserstein term (else None); and the images as config.json records them."""
     images = parse_style_spec(cfg.style, get_settings().style_dirs)
     target = objective.style_targets(vgg, images, cfg.style_size, cfg.style_layers, cfg.style_scales, device)
+    features = None
+    if cfg.distribution_weight > 0:
+        features = objective.feature_targets(vgg, images, cfg.style_size, cfg.distribution_layers, device)
     described = [{"name": i.path.stem, "sha256": sha256_file(i.path), "weight": i.weight} for i in images]
-    return target, described
+    return target, features, described
 
 
 def initial_model(cfg: TrainConfig) -> Stylizer:
@@ -256,11 +262,7 @@ def _train(cfg: TrainConfig, ranks: Ranks, on_step: Callable[[TrainStep], None] 
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    style_grams, style_desc = style_targets(cfg, vgg, device)
-    style_features = None
-    if cfg.distribution_weight > 0:
-        images = parse_style_spec(cfg.style, get_settings().style_dirs)
-        style_features = objective.feature_targets(vgg, images, cfg.style_size, cfg.distribution_layers, device)
+    style_grams, style_features, style_desc = style_targets(cfg, vgg, device)
     val_batch = validation_batch(cfg, val_paths).to(device)
 
     # Every rank loads the checkpoint (one machine: the run folder is shared), before DDP wraps the model.

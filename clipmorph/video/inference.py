@@ -86,7 +86,7 @@ class StylizeOptions:
 
 @dataclass
 class LoadedModel:
-    model: Stylizer | export.OnnxStylizer  # both take (N, 3, H, W) in [0, 1] and return the same
+    model: Stylizer | export.GraphStylizer  # all take (N, 3, H, W) in [0, 1] and return the same
     info: ModelInfo
     name: str | None  # registered model name; None for a plain folder
     version: str | None
@@ -133,11 +133,13 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     if runtime == "int8":
         int8_path = export.int8_for(path, settings.var_dir / "onnx", calibration_pictures(settings))
         return LoadedModel(export.OnnxStylizer(int8_path, info), info, name, version)
-    compiled_dir = settings.var_dir / "compiled"
-    built = on_cpu and export.exportable(info) and compiled.cached_package(path, compiled_dir, cpu_bf16())
-    if runtime == "compiled" or (runtime == "auto" and built):
-        # 1.5-1.7x eager bf16 + channels_last here (docs/performance.md, "AOTInductor")
-        return LoadedModel(compiled.compiled_for(path, compiled_dir, cpu_bf16()), info, name, version)
+    if runtime in ("compiled", "auto") and on_cpu and export.exportable(info):
+        # 1.5-1.9x eager bf16 + channels_last here (docs/performance.md, "Ahead-of-time compiled models")
+        compiled_dir = settings.var_dir / "compiled"
+        built = compiled.cached_package(path, compiled_dir, cpu_bf16())
+        if runtime == "compiled" or built:
+            runner = compiled.compiled_for(path, compiled_dir, cpu_bf16(), package=built)
+            return LoadedModel(runner, info, name, version)
     # auto: torch where the CPU does bf16 natively (bf16 + channels_last beat onnxruntime's float graph,
     # 22 against 17 frames/s for the whole `clipmorph stylize` of bikes.mp4 here), onnxruntime elsewhere
     # on the CPU for the models it can run (docs/performance.md, "Speed levers").
