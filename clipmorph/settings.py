@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "onnx", "int8", "compiled"] = Field(
         "auto", description="Inference runtime: auto, torch, onnx, int8, compiled."
     )
+    # Frame sizes (WIDTHxHEIGHT, as the network sees them) that `clipmorph compile` also builds a package of
+    # their own for: 1.2-2.2x the any-size build's frames/s, the same pictures (clipmorph.model.compiled).
+    # 640x360 is every 16:9 video at the shipped models' 640-px frame side; each size adds ~25 s per model.
+    compile_sizes: list[str] = Field(
+        ["640x360"], description="Frame sizes `clipmorph compile` builds for besides any size (e.g. 640x360)."
+    )
     # bf16 autocast for torch networks on a CPU with native bf16 (clipmorph.video.inference.cpu_bf16): 1.8-2.4x
     # fp32 at 640x360 here, PSNR 53 dB against it. Off gives bit-for-bit fp32 results.
     cpu_bf16: bool = Field(True, description="Run torch networks in bf16 on CPUs that support it natively.")

@@ -136,9 +136,9 @@ def load_stylizer(ref: str, device: str = "auto", runtime: str | None = None) ->
     if runtime in ("compiled", "auto") and on_cpu and export.exportable(info):
         # 1.5-1.9x eager bf16 + channels_last here (docs/performance.md, "Ahead-of-time compiled models")
         compiled_dir = settings.var_dir / "compiled"
-        built = compiled.cached_package(path, compiled_dir, cpu_bf16())
-        if runtime == "compiled" or built:
-            runner = compiled.compiled_for(path, compiled_dir, cpu_bf16(), package=built)
+        prefix = compiled.package_prefix(path, cpu_bf16())
+        if runtime == "compiled" or compiled.cached_package(compiled_dir, prefix):
+            runner = compiled.compiled_for(path, compiled_dir, cpu_bf16(), prefix)
             return LoadedModel(runner, info, name, version)
     # auto: torch where the CPU does bf16 natively (bf16 + channels_last beat onnxruntime's float graph,
     # 22 against 17 frames/s for the whole `clipmorph stylize` of bikes.mp4 here), onnxruntime elsewhere
