@@ -5,10 +5,10 @@ on this machine (docs/performance.md, "AOTInductor"), but torch.compile traces a
 process (10-33 s), which a CLI run or a worker restart pays again. AOTInductor does that work once, with
 dynamic batch, height and width, and writes a package that later processes load in milliseconds.
 
-A frame size known in advance gets a build of its own (`sizes`, default settings.compile_sizes: 640x360,
-what the network sees of any 16:9 video at the shipped models' frame side): the same pictures, bit for bit,
-1.2-2.2x the frames/s of the any-size build, because the generated loops and oneDNN's convolutions are
-specialised to it (docs/performance.md, "Builds for one frame size"). The batch stays dynamic, so a
+A frame size known in advance gets a build of its own (`clipmorph compile --size`; by default
+settings.compile_sizes, 640x360: what the network sees of any 16:9 video at the shipped models' frame
+side): the same pictures, bit for bit, 1.2-2.2x the frames/s of the any-size build, because the generated
+loops are specialised to it (docs/performance.md, "Builds for one frame size"). The batch stays dynamic, so a
 video's shorter last batch runs there too. Frames of any other size run on the any-size build.
 
 The package is a cache derived from the model's safetensors, never a model format of its own: it is
