@@ -117,14 +117,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             levers["torch.compile"] = torch_lever(model, False, False, compiled=True)
             levers["torch.compile + bf16 + channels_last"] = torch_lever(model, True, True, compiled=True)
             # Built into the var folder's cache like `clipmorph compile --size` (20-40 s each, the first time).
-            cache = get_settings().var_dir / "compiled"
-            sized = compiled.compiled_for(args.model, cache, bf16=True)
-            for size in SIZES:
-                if size not in sized.sized:
-                    compiled.compile_package(args.model, cache, True, size)
-            sized = compiled.compiled_for(args.model, cache, bf16=True)
-            any_size = copy.copy(sized)
-            any_size.sized = {}
+            cache, prefix = get_settings().var_dir / "compiled", compiled.package_prefix(args.model, True)
+            for size in compiled.missing_builds(args.model, cache, prefix, SIZES):
+                compiled.compile_package(args.model, cache, True, size)
+            sized = compiled.compiled_for(args.model, cache, True, prefix)
+            any_size = compiled.CompiledStylizer(compiled.cached_package(cache, prefix), read_info(args.model))
             levers["AOTInductor + bf16 + channels_last, any size (compiled)"] = any_size
             levers["AOTInductor, a build per frame size (compiled --size)"] = sized
         float_graph = export.onnx_for(args.model, Path(tmp))

@@ -191,7 +191,6 @@ def compile_models(
     per model and build; a no-op for what is built."""
     from clipmorph import registry
     from clipmorph.model import compiled
-    from clipmorph.model.artifact import read_info
     from clipmorph.settings import get_settings
     from clipmorph.video.inference import cpu_bf16
 
@@ -203,11 +202,7 @@ def compile_models(
     except (registry.ModelNotFoundError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     for ref, folder in folders.items():
-        prefix = compiled.package_prefix(folder, cpu_bf16())
-        have = set(compiled.sized_packages(cache, prefix))
-        stride = read_info(folder).net.stride
-        wanted = [None] if compiled.cached_package(cache, prefix) is None else []
-        wanted += sorted({compiled.padded(size, stride) for size in frame_sizes} - have)
+        wanted = compiled.missing_builds(folder, cache, compiled.package_prefix(folder, cpu_bf16()), frame_sizes)
         if not wanted:
             typer.echo(f"{ref}: already built")
             continue

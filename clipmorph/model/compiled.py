@@ -104,6 +104,16 @@ def sized_packages(cache_dir: Path, prefix: str) -> dict[tuple[int, int], Path]:
     return found
 
 
+def missing_builds(
+    model_dir: Path, cache_dir: Path, prefix: str, sizes: list[tuple[int, int]]
+) -> list[tuple[int, int] | None]:
+    """What cache_dir lacks of the model's builds: None for the any-size build, then each of `sizes` (width,
+    height) padded to the stride, the size its build is named by."""
+    stride = read_info(Path(model_dir)).net.stride
+    missing: list[tuple[int, int] | None] = [None] if cached_package(cache_dir, prefix) is None else []
+    return missing + sorted({padded(size, stride) for size in sizes} - set(sized_packages(cache_dir, prefix)))
+
+
 def compile_package(model_dir: Path, cache_dir: Path, bf16: bool, size: tuple[int, int] | None = None) -> Path:
     """Build the model's package into cache_dir (over any earlier one): for any frame size, or for frames of
     `size` (width, height; padded to the stride) only. 20-40 s each on 2 cores for a shipped model."""
